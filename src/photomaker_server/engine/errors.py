@@ -1,0 +1,19 @@
+"""Errors the engine raises on purpose, each with a message meant for the person who sent the request."""
+
+from __future__ import annotations
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be run as given (the user's to fix); ``field`` names the input at fault."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class GenerationCancelled(Exception):
+    """Raised between denoising steps when the caller asked to stop."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """Model weights could not be found or downloaded; the message says what was tried and what to do."""

@@ -1,0 +1,191 @@
+"""A tiny random-weight PhotoMaker, built in code and saved in the real on-disk layouts.
+
+It exists so that tests and offline demos run the *real* loading path (a diffusers directory for the base model,
+a ``photomaker-v1.bin``-style checkpoint with the same keys) on a machine that cannot download 8 GB of weights.
+The tokenizers are real: CLIP's BPE vocabulary ships inside the ``open_clip_torch`` wheel. Every weight is random
+(fixed seeds), so images made with it are coloured noise and resemble no one; everything that runs on it says so.
+
+Two bases are built (``realistic`` and ``style``, different seeds) so that ``base_pipeline`` visibly matters.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .checkpoint import save_checkpoint
+from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
+
+TINY_VERSION = 1
+DEMO_WARNING = (
+    "random-weight demo model: this server runs a tiny PhotoMaker with random weights, for tests and offline demos. "
+    "Its images are coloured noise and resemble no one. Real results need the real weights (see README)."
+)
+TEXT_WIDTH = 32  # both tiny text encoders; the ID embedding is 2 * TEXT_WIDTH wide
+TIME_EMBED = 8
+LORA_RANK = 4
+
+#: The scheduler config of SDXL base 1.0 (what RealVisXL ships too).
+SDXL_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+    steps_offset=1,
+    interpolation_type="linear",
+    use_karras_sigmas=False,
+)
+
+
+@lru_cache(maxsize=1)
+def clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's 49,408-entry vocabulary and its merges, read from the ``open_clip_torch`` wheel (no import needed)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the tiny model needs CLIP's BPE vocabulary from the open_clip_torch wheel: "
+            "pip install --no-deps open_clip_torch"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_symbols = _bytes_to_unicode()
+    tokens = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges  # type: ignore[return-value]
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's reversible mapping of the 256 byte values to printable characters, in vocabulary order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def _tokenizer(pad_token: str) -> CLIPTokenizer:
+    vocab, merges = clip_bpe()
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), pad_token=pad_token, model_max_length=77)
+
+
+def _text_config(**extra: object) -> CLIPTextConfig:
+    # bos/eos/pad ids as in SDXL's text encoder configs (eos_token_id=2 selects argmax pooling, as on the hub).
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        **extra,
+    )
+
+
+def build_base(seed: int) -> StableDiffusionXLPipeline:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_WIDTH,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    text_encoder = CLIPTextModel(_text_config(hidden_act="quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", projection_dim=TEXT_WIDTH))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer("<|endoftext|>"),
+        tokenizer_2=_tokenizer("!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+    )
+
+
+def tiny_id_encoder_config() -> IDEncoderConfig:
+    return IDEncoderConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=1,  # what IDEncoderConfig.from_state_dict infers for width 32
+        num_hidden_layers=2,
+        patch_size=14,
+        image_size=224,
+        projection_dim=TEXT_WIDTH,
+        projection_dim_2=TEXT_WIDTH,
+    )
+
+
+def build_checkpoint_tensors(unet: UNet2DConditionModel, seed: int) -> tuple[dict, dict]:
+    """ID-encoder weights and a LoRA in the checkpoint's old attention-processor naming, for every attention."""
+    torch.manual_seed(seed)
+    id_state = PhotoMakerIDEncoder(tiny_id_encoder_config()).state_dict()
+    lora: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(("attn1", "attn2")):
+            continue
+        for proj, layer in (("q", module.to_q), ("k", module.to_k), ("v", module.to_v), ("out", module.to_out[0])):
+            prefix = f"unet.{name}.processor.to_{proj}_lora"
+            lora[f"{prefix}.down.weight"] = torch.randn(LORA_RANK, layer.in_features) / layer.in_features**0.5
+            lora[f"{prefix}.up.weight"] = torch.randn(layer.out_features, LORA_RANK) * 0.1
+    return id_state, lora
+
+
+def ensure_tiny_model(root: Path) -> dict[str, Path]:
+    """Build the tiny model under ``root`` once; return the locations to load it from.
+
+    ``{"photomaker": base dir, "photomaker-style": base dir, "checkpoint": file}``.
+    """
+    root = Path(root)
+    locations = {
+        "photomaker": root / "realistic",
+        "photomaker-style": root / "style",
+        "checkpoint": root / "photomaker-tiny-v1.bin",
+    }
+    marker = root / "tiny-model.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
+        return locations
+    root.mkdir(parents=True, exist_ok=True)
+    realistic = build_base(seed=0)
+    realistic.save_pretrained(locations["photomaker"])
+    build_base(seed=1).save_pretrained(locations["photomaker-style"])
+    id_state, lora = build_checkpoint_tensors(realistic.unet, seed=2)
+    save_checkpoint(locations["checkpoint"], id_state, lora)
+    marker.write_text(json.dumps({"version": TINY_VERSION, "warning": DEMO_WARNING}, indent=2))
+    return locations
