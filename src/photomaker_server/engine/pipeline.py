@@ -58,7 +58,7 @@ class PhotoMakerPipeline:
         self.sdxl = sdxl
         self.id_encoder = id_encoder
         self.trigger_word = trigger_word
-        self.id_cache = id_cache or IDEmbeddingCache(0)
+        self.id_cache = id_cache if id_cache is not None else IDEmbeddingCache(0)
         self.id_processor = IDImageProcessor(id_encoder.id_config.image_size)
         self.tokenizers = [sdxl.tokenizer, sdxl.tokenizer_2]
         self.text_encoders = [sdxl.text_encoder, sdxl.text_encoder_2]

@@ -141,7 +141,7 @@ class Engine:
 
         device, dtype = self.placement.device, self.placement.dtype
         variant = self.config.variant if dtype != torch.float32 else None
-        sdxl = StableDiffusionXLPipeline.from_pretrained(resolve_base_model(location, variant), torch_dtype=dtype)
+        sdxl = StableDiffusionXLPipeline.from_pretrained(resolve_base_model(location, variant), dtype=dtype)
         sdxl.scheduler = EulerDiscreteScheduler.from_config(sdxl.scheduler.config)
         sdxl.set_progress_bar_config(disable=True)
         checkpoint = self._read_checkpoint()

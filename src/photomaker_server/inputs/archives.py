@@ -1,0 +1,233 @@
+"""Extracting ID photos from a user-supplied zip archive (or accepting a single image in its place).
+
+Zip archives are hostile input: headers can lie about sizes, a few KB can inflate to gigabytes, entries can be
+symlinks, encrypted or archives themselves. Nothing here trusts a header: every byte counted against a limit
+is a byte actually decompressed, read in chunks so a bomb is stopped as soon as it crosses a limit.
+Nothing is ever written to disk, so path tricks (``../``) only matter as names.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from photomaker_server.inputs.errors import InputError
+from photomaker_server.inputs.images import sniff_image_format
+
+if TYPE_CHECKING:
+    from photomaker_server.settings import Settings
+
+MiB = 1024 * 1024
+_CHUNK = 64 * 1024
+#: Below this many decompressed bytes the ratio check stays quiet: small files (text, tiny images) compress
+#: far better than photos without being a danger.
+_RATIO_FLOOR = 1 * MiB
+_NESTED_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar", ".bz2", ".xz", ".zst", ".lz", ".lzma", ".cab")
+_ARCHIVE_MAGIC = (
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"\x1f\x8b",  # gzip
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",  # zstd
+)
+_MAX_NAMES_IN_MESSAGE = 8
+
+
+@dataclass
+class ArchiveLimits:
+    """Bounds on what one archive may cost to unpack; ``max_photos`` is how many ID photos are used."""
+
+    max_entries: int = 200
+    max_entry_bytes: int = 32 * MiB
+    max_total_bytes: int = 256 * MiB
+    max_ratio: float = 200.0
+    max_photos: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
+        return cls(
+            max_entries=settings.max_archive_entries,
+            max_entry_bytes=settings.max_archive_entry_bytes,
+            max_total_bytes=settings.max_archive_total_bytes,
+            max_ratio=settings.max_archive_ratio,
+            max_photos=settings.max_id_photos,
+        )
+
+
+@dataclass
+class ArchiveContents:
+    """Photos as ``(entry path, bytes)`` sorted by path, and human-readable lines about what was skipped."""
+
+    photos: list[tuple[str, bytes]]
+    skipped: list[str] = field(default_factory=list)
+
+
+def _mb(n: int) -> str:
+    return f"{n / MiB:.0f} MB" if n >= MiB else f"{n} bytes"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_IN_MESSAGE])
+    return shown + (f", and {len(names) - _MAX_NAMES_IN_MESSAGE} more" if len(names) > _MAX_NAMES_IN_MESSAGE else "")
+
+
+def _is_zip(data: bytes) -> bool:
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return True
+    try:
+        return zipfile.is_zipfile(io.BytesIO(data))  # zips with a prefix (self-extracting archives)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _is_archive(head: bytes) -> bool:
+    return head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar"
+
+
+def _is_junk(path: str) -> bool:
+    """macOS resource forks and hidden files (``.DS_Store``, ``._x.jpg``) are ignored without comment."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    return not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
+
+
+def extract_photos(data: bytes, limits: ArchiveLimits) -> ArchiveContents:
+    """The photos in ``data``: a zip archive of images, or a single image (returned as one photo "image").
+
+    Raises InputError for anything that is neither, for corrupt archives, for archives over a limit and for
+    archives without a single usable photo.
+    """
+    if not data:
+        raise InputError("the archive is empty (0 bytes); give a zip archive of photos or a single photo")
+    if sniff_image_format(data) is not None:
+        return ArchiveContents(photos=[("image", data)], skipped=[])
+    if not _is_zip(data):
+        raise InputError(
+            "the file is neither a zip archive nor an image; give a .zip of photos (JPEG, PNG, WebP, ...) "
+            "or a single photo"
+        )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise InputError("the zip archive is corrupt or truncated; it could not be opened") from None
+    with archive:
+        return _extract(archive, len(data), limits)
+
+
+def _extract(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits) -> ArchiveContents:
+    entries = archive.infolist()
+    if not entries:
+        raise InputError("the zip archive is empty; it should contain photos")
+    if len(entries) > limits.max_entries:
+        raise InputError(
+            f"the zip archive has {len(entries)} entries; at most {limits.max_entries} are accepted"
+        )
+
+    photos: list[tuple[str, bytes]] = []
+    skipped: list[str] = []
+    found: list[str] = []  # every non-junk file, for the "no usable photos" message
+    left_over: list[str] = []
+    total = 0
+    for info in sorted(entries, key=lambda i: i.filename):
+        name = info.filename
+        if info.is_dir() or _is_junk(name):
+            continue
+        found.append(name)
+        if len(photos) >= limits.max_photos:
+            left_over.append(name)
+            continue
+        reason = _refusal_by_header(info)
+        if reason:
+            skipped.append(f"skipped {name}: {reason}")
+            continue
+        content, used = _read_entry(archive, info, limits, total, archive_size)
+        total += used
+        if content is None:
+            skipped.append(f"skipped {name}: a nested archive (archives inside the archive are not opened)")
+        elif sniff_image_format(content) is None:
+            skipped.append(f"skipped {name}: not an image")
+        else:
+            photos.append((name, content))
+
+    if left_over:
+        skipped.append(
+            f"skipped {len(left_over)} more file(s) ({_names(left_over)}): only the first "
+            f"{limits.max_photos} photos (in name order) are used"
+        )
+    if not photos:
+        listing = _names(found) if found else "no files"
+        raise InputError(f"the archive contains no usable photos (found: {listing})")
+    return ArchiveContents(photos=photos, skipped=skipped)
+
+
+def _refusal_by_header(info: zipfile.ZipInfo) -> str | None:
+    """Reasons to skip an entry without reading it."""
+    if info.flag_bits & 0x1:
+        return "encrypted (password-protected files are not supported)"
+    mode = info.external_attr >> 16
+    if mode and stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if info.filename.lower().endswith(_NESTED_SUFFIXES):
+        return "a nested archive (archives inside the archive are not opened)"
+    return None
+
+
+def _read_entry(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits, total_before: int, archive_size: int
+) -> tuple[bytes | None, int]:
+    """Decompress one entry under the limits: (content, bytes decompressed), content None for a nested archive.
+
+    Only the first chunk of an entry is read when it does not look like an image, so a large text file or
+    archive costs nothing. Header sizes are ignored; the counts are of bytes actually produced.
+    """
+    name = info.filename
+    compressed = max(info.compress_size, 1)
+    buffer = bytearray()
+    try:
+        with archive.open(info) as stream:
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                buffer += chunk
+                produced = len(buffer)
+                if produced == len(chunk):  # first chunk: decide whether this entry is worth reading
+                    if _is_archive(bytes(buffer[:512])) and sniff_image_format(bytes(buffer)) is None:
+                        return None, produced
+                    if sniff_image_format(bytes(buffer)) is None:
+                        return bytes(buffer), produced
+                _check_limits(name, produced, compressed, total_before + produced, archive_size, limits)
+    except InputError:
+        raise
+    except NotImplementedError:
+        raise InputError(f"the zip entry {name} uses an unsupported compression method") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError):
+        raise InputError(f"the zip archive is corrupt or truncated (entry {name} could not be read)") from None
+    return bytes(buffer), len(buffer)
+
+
+def _check_limits(
+    name: str, produced: int, compressed: int, total: int, archive_size: int, limits: ArchiveLimits
+) -> None:
+    if produced > limits.max_entry_bytes:
+        raise InputError(
+            f"the zip entry {name} is larger than {_mb(limits.max_entry_bytes)} when unpacked; "
+            "photos that large are not accepted"
+        )
+    if total > limits.max_total_bytes:
+        raise InputError(f"the zip archive unpacks to more than {_mb(limits.max_total_bytes)}; that is too much")
+    if produced > _RATIO_FLOOR and produced / compressed > limits.max_ratio:
+        raise InputError(
+            f"the zip entry {name} compresses more than {limits.max_ratio:g}:1, which photos never do; "
+            "the archive looks like a zip bomb"
+        )
+    if total > _RATIO_FLOOR and total / max(archive_size, 1) > limits.max_ratio:
+        raise InputError(
+            f"the zip archive expands more than {limits.max_ratio:g}:1; it looks like a zip bomb"
+        )

@@ -1,0 +1,50 @@
+"""Shared fixtures: the tiny random-weight model (built once per test session) and generated photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import make_face
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A directory holding the tiny model; reused across sessions via PHOTOMAKER_TEST_MODELS when set."""
+    from photomaker_server.engine.tiny import ensure_tiny_model
+
+    root = Path(os.environ.get("PHOTOMAKER_TEST_MODELS") or tmp_path_factory.mktemp("models")) / "tiny"
+    ensure_tiny_model(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_locations(tiny_root) -> dict[str, Path]:
+    from photomaker_server.engine.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tiny_root)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_locations):
+    from photomaker_server.engine.service import Engine, EngineConfig
+
+    return Engine(
+        EngineConfig(
+            base_models={k: str(tiny_locations[k]) for k in ("photomaker", "photomaker-style")},
+            checkpoint=str(tiny_locations["checkpoint"]),
+            device="cpu",
+            demo=True,
+        )
+    )
+
+
+@pytest.fixture
+def faces() -> list[Image.Image]:
+    return [make_face(i) for i in range(3)]
