@@ -21,13 +21,10 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .checkpoint import save_checkpoint
+from .demo import DEMO_WARNING
 from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
 
 TINY_VERSION = 1
-DEMO_WARNING = (
-    "random-weight demo model: this server runs a tiny PhotoMaker with random weights, for tests and offline demos. "
-    "Its images are coloured noise and resemble no one. Real results need the real weights (see README)."
-)
 TEXT_WIDTH = 32  # both tiny text encoders; the ID embedding is 2 * TEXT_WIDTH wide
 TIME_EMBED = 8
 LORA_RANK = 4

@@ -38,6 +38,7 @@ _ARCHIVE_MAGIC = (
     b"\x28\xb5\x2f\xfd",  # zstd
 )
 _MAX_NAMES_IN_MESSAGE = 8
+_NESTED = "a nested archive (archives inside the archive are not opened)"
 
 
 @dataclass
@@ -125,9 +126,7 @@ def _extract(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
     if not entries:
         raise InputError("the zip archive is empty; it should contain photos")
     if len(entries) > limits.max_entries:
-        raise InputError(
-            f"the zip archive has {len(entries)} entries; at most {limits.max_entries} are accepted"
-        )
+        raise InputError(f"the zip archive has {len(entries)} entries; at most {limits.max_entries} are accepted")
 
     photos: list[tuple[str, bytes]] = []
     skipped: list[str] = []
@@ -146,11 +145,11 @@ def _extract(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
         if reason:
             skipped.append(f"skipped {name}: {reason}")
             continue
-        content, used = _read_entry(archive, info, limits, total, archive_size)
+        kind, content, used = _read_entry(archive, info, limits, total, archive_size)
         total += used
-        if content is None:
-            skipped.append(f"skipped {name}: a nested archive (archives inside the archive are not opened)")
-        elif sniff_image_format(content) is None:
+        if kind == "archive":
+            skipped.append(f"skipped {name}: {_NESTED}")
+        elif kind == "other":
             skipped.append(f"skipped {name}: not an image")
         else:
             photos.append((name, content))
@@ -174,42 +173,53 @@ def _refusal_by_header(info: zipfile.ZipInfo) -> str | None:
     if mode and stat.S_ISLNK(mode):
         return "a symbolic link"
     if info.filename.lower().endswith(_NESTED_SUFFIXES):
-        return "a nested archive (archives inside the archive are not opened)"
+        return _NESTED
     return None
 
 
 def _read_entry(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits, total_before: int, archive_size: int
-) -> tuple[bytes | None, int]:
-    """Decompress one entry under the limits: (content, bytes decompressed), content None for a nested archive.
+) -> tuple[str, bytes, int]:
+    """Decompress one entry under the limits: (kind, content, bytes decompressed).
 
-    Only the first chunk of an entry is read when it does not look like an image, so a large text file or
-    archive costs nothing. Header sizes are ignored; the counts are of bytes actually produced.
+    ``kind`` is "image", "archive" or "other", judged by the magic bytes of the first chunk; for the latter
+    two nothing more is read, so a large text file or archive costs nothing. Header sizes are ignored: the
+    counts are of bytes actually produced.
     """
     name = info.filename
     compressed = max(info.compress_size, 1)
     buffer = bytearray()
     try:
         with archive.open(info) as stream:
-            while True:
-                chunk = stream.read(_CHUNK)
-                if not chunk:
-                    break
+            while chunk := stream.read(_CHUNK):
+                first = not buffer
                 buffer += chunk
-                produced = len(buffer)
-                if produced == len(chunk):  # first chunk: decide whether this entry is worth reading
-                    if _is_archive(bytes(buffer[:512])) and sniff_image_format(bytes(buffer)) is None:
-                        return None, produced
-                    if sniff_image_format(bytes(buffer)) is None:
-                        return bytes(buffer), produced
-                _check_limits(name, produced, compressed, total_before + produced, archive_size, limits)
+                if first and sniff_image_format(bytes(buffer)) is None:
+                    kind = "archive" if _is_archive(bytes(buffer[:512])) else "other"
+                    return kind, b"", len(buffer)
+                consumed = _compressed_consumed(stream, compressed)
+                _check_limits(name, len(buffer), consumed, total_before + len(buffer), archive_size, limits)
     except InputError:
         raise
     except NotImplementedError:
         raise InputError(f"the zip entry {name} uses an unsupported compression method") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError):
         raise InputError(f"the zip archive is corrupt or truncated (entry {name} could not be read)") from None
-    return bytes(buffer), len(buffer)
+    if not buffer:
+        return "other", b"", 0
+    return "image", bytes(buffer), len(buffer)
+
+
+def _compressed_consumed(stream: object, compress_size: int) -> int:
+    """Compressed bytes the entry's reader has consumed so far, so the ratio is checked as the bomb inflates.
+
+    zipfile keeps this only in a private counter; without it we fall back to the entry's whole compressed
+    size, which makes the ratio check fire later, but the absolute size caps still hold.
+    """
+    left = getattr(stream, "_compress_left", None)
+    if isinstance(left, int) and 0 <= left <= compress_size:
+        return max(compress_size - left, 1)
+    return compress_size
 
 
 def _check_limits(
@@ -228,6 +238,4 @@ def _check_limits(
             "the archive looks like a zip bomb"
         )
     if total > _RATIO_FLOOR and total / max(archive_size, 1) > limits.max_ratio:
-        raise InputError(
-            f"the zip archive expands more than {limits.max_ratio:g}:1; it looks like a zip bomb"
-        )
+        raise InputError(f"the zip archive expands more than {limits.max_ratio:g}:1; it looks like a zip bomb")

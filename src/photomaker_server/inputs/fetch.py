@@ -148,9 +148,11 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]
     """
     found: list[ipaddress.IPv4Address] = []
     low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _IPV4_MAPPED or address in _NAT64_WELL_KNOWN:
-        found.append(low32)
-    elif address in _IPV4_COMPATIBLE and int(address) > 1:
+    if (
+        address in _IPV4_MAPPED
+        or address in _NAT64_WELL_KNOWN
+        or (address in _IPV4_COMPATIBLE and int(address) > 1)  # :: and ::1 are not IPv4-compatible
+    ):
         found.append(low32)
     if address.sixtofour is not None:
         found.append(address.sixtofour)
@@ -282,7 +284,8 @@ def _parse_http_url(url: str) -> _Target:
     if parts.query:
         path += "?" + parts.query
     clean = url.split("#", 1)[0]
-    return _Target(scheme, host, port or (443 if scheme == "https" else 80), path, clean)
+    default_port = 443 if scheme == "https" else 80
+    return _Target(scheme, host, port if port is not None else default_port, path, clean)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -416,14 +419,12 @@ def _content_type(response: httpx.Response) -> str | None:
 
 
 def _read_body(response: httpx.Response, target: _Target, policy: FetchPolicy, deadline: float) -> bytes:
-    too_big = InputError(
-        f"{_display(target.url)!r} is larger than the {_limit_text(policy.max_bytes)} download limit"
-    )
+    too_big = InputError(f"{_display(target.url)!r} is larger than the {_limit_text(policy.max_bytes)} download limit")
     declared = response.headers.get("content-length")
     if declared and declared.strip().isdigit() and int(declared) > policy.max_bytes:
         raise too_big
     body = bytearray()
-    for chunk in response.iter_bytes(chunk_size=64 * 1024):
+    for chunk in response.iter_bytes():  # as the network delivers, so the deadline is checked often
         body += chunk
         if len(body) > policy.max_bytes:
             raise too_big
@@ -459,8 +460,7 @@ def _fetch_once(
                 return status, None, _read_body(response, target, policy, deadline), _content_type(response)
         except httpx.ConnectError as exc:
             last_error = exc
-    assert last_error is not None
-    raise last_error
+    raise last_error or httpx.ConnectError("no address to connect to")
 
 
 def _fetch_http(url: str, policy: FetchPolicy) -> Fetched:
@@ -471,11 +471,11 @@ def _fetch_http(url: str, policy: FetchPolicy) -> Fetched:
     # trust_env=False: proxies from the environment would connect on our behalf and defeat the address pinning.
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
         for _hop in range(policy.max_redirects + 1):
-            local = _resolve_locally(current, policy)
-            if local is not None:
-                return local
             if _scheme(current) not in ("http", "https"):
                 raise InputError(f"a redirect led to {_display(current)!r}; only http and https are followed")
+            local = _resolve_locally(current, policy)  # our own storage, on every hop
+            if local is not None:
+                return local
             target = _parse_http_url(current)
             try:
                 status, location, body, content_type = _fetch_once(client, target, policy, deadline)
@@ -485,7 +485,7 @@ def _fetch_http(url: str, policy: FetchPolicy) -> Fetched:
                 ) from None
             except httpx.ConnectError:
                 raise InputError(f"could not connect to {target.host_header!r}") from None
-            except (httpx.HTTPError, ssl.SSLError, OSError):
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ssl.SSLError, OSError):
                 raise InputError(f"downloading {_display(target.url)!r} failed (network or protocol error)") from None
             if body is not None:
                 return Fetched(data=body, content_type=content_type, url=target.url)
@@ -528,7 +528,4 @@ def fetch_bytes(url: str, policy: FetchPolicy) -> Fetched:
         if not scheme:
             raise InputError("the URL has no scheme; give an http(s) URL (https://...) or a data: URI")
         raise InputError(f"{scheme!r} URLs are not accepted; give an http(s) URL or a data: URI")
-    local = _resolve_locally(url, policy)
-    if local is not None:
-        return local
     return _fetch_http(url, policy)

@@ -68,14 +68,14 @@ def _megapixels(pixels: int) -> str:
 def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.Image:
     """Decode ``data`` into a fully loaded RGB image with EXIF orientation applied.
 
-    ``what`` names the input in messages ("ID photo 3", "the initial image"). Animated images give their
-    first frame. Transparency is composited onto white, as the model expects opaque photos.
+    ``what`` names the input in messages: a noun ("initial image" reads "the initial image ...") or a file
+    name ("photos/a.jpg", quoted as is). Animated images give their first frame. Transparency is composited
+    onto white, as the model expects opaque photos.
     """
+    what = _subject(what)
     if not data:
-        raise InputError(f"the {what} is empty")
-    formats = list(limits.formats)
-    if "MPO" in formats and "JPEG" not in formats:
-        formats.append("JPEG")  # Pillow identifies MPO through the JPEG plugin
+        raise InputError(f"{what} is empty")
+    formats = _open_formats(limits.formats)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -83,20 +83,16 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(what, None, limits) from None
     except UnidentifiedImageError:
-        raise InputError(
-            f"the {what} is not in a supported image format (accepted: {_accepted(limits)})"
-        ) from None
+        raise InputError(f"{what} is not in a supported image format (accepted: {_accepted(limits)})") from None
     except Exception:  # noqa: BLE001 - any header parsing failure of untrusted bytes is the user's input
-        raise InputError(f"the {what} could not be read; it looks corrupt") from None
+        raise InputError(f"{what} could not be read; it looks corrupt") from None
 
     try:
         if (image.format or "").upper() not in limits.formats:
-            raise InputError(
-                f"the {what} is a {image.format} image; accepted formats: {_accepted(limits)}"
-            )
+            raise InputError(f"{what} is a {image.format} image; accepted formats: {_accepted(limits)}")
         width, height = image.size
         if width <= 0 or height <= 0:
-            raise InputError(f"the {what} has no pixels ({width}x{height})")
+            raise InputError(f"{what} has no pixels ({width}x{height})")
         if width * height > limits.max_pixels:
             raise _too_large(what, (width, height), limits)
         try:
@@ -107,16 +103,30 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(what, (width, height), limits) from None
         except Exception:  # noqa: BLE001 - truncated/corrupt data surfaces as many exception types
-            raise InputError(f"the {what} could not be decoded; the file is truncated or corrupt") from None
+            raise InputError(f"{what} could not be decoded; the file is truncated or corrupt") from None
         upright = _exif_upright(image)
         return _to_rgb(upright, what)
     finally:
         image.close()
 
 
+def _subject(what: str) -> str:
+    """How messages name the input: "the image", or a quoted file name like 'photos/a.jpg'."""
+    return f"'{what}'" if ("/" in what or "." in what) else f"the {what}"
+
+
+def _open_formats(formats: tuple[str, ...]) -> list[str]:
+    """Pillow plugin names to try: MPO has no opener of its own (the JPEG plugin returns MPO images)."""
+    Image.init()
+    wanted = {f.upper() for f in formats}
+    if "MPO" in wanted:
+        wanted.add("JPEG")
+    return sorted(f for f in wanted if f in Image.OPEN)
+
+
 def _too_large(what: str, size: tuple[int, int] | None, limits: ImageLimits) -> InputError:
     dims = f" ({size[0]}x{size[1]} pixels)" if size else ""
-    return InputError(f"the {what} is too large{dims}; at most {_megapixels(limits.max_pixels)} are accepted")
+    return InputError(f"{what} is too large{dims}; at most {_megapixels(limits.max_pixels)} are accepted")
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:
@@ -136,23 +146,21 @@ def _to_rgb(image: Image.Image, what: str) -> Image.Image:
     try:
         if mode in ("I", "F") or mode.startswith("I;16"):
             return _scale_to_8bit(image).convert("RGB")
-        has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            mode == "P" and "transparency" in image.info
-        )
+        has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
         if has_alpha:
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return image.convert("RGB")
     except (ValueError, OSError):
-        raise InputError(f"the {what} uses an unsupported colour mode ({mode})") from None
+        raise InputError(f"{what} uses an unsupported colour mode ({mode})") from None
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
     """Map 16-bit / 32-bit integer and float greyscale to 8-bit "L" by range, so bright images stay visible."""
     source = image.convert("F")
     low, high = source.getextrema()
-    if image.mode == "F" and 0.0 <= low and high <= 1.0:
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
         scale = 255.0  # float images normalised to 0..1
     elif high <= 255:
         scale = 1.0

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +44,8 @@ from photomaker_server.jobs.webhooks import job_webhook_body
 
 __all__ = [
     "CANCELLED_ERROR",
+    "PRIORITIES",
+    "REQUEST_TIMEOUT_ERROR",
     "CancelOutcome",
     "Delivery",
     "Job",
@@ -51,8 +53,6 @@ __all__ = [
     "JobStore",
     "LeaseState",
     "LogLine",
-    "PRIORITIES",
-    "REQUEST_TIMEOUT_ERROR",
     "SQLJobStore",
     "parse_priority",
 ]
@@ -100,7 +100,7 @@ def parse_priority(value: str | int) -> int:
 
 def iso_utc(ts: float) -> str:
     """Epoch seconds → ISO-8601 in UTC with an explicit offset (what fal's log timestamps look like)."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
 class CancelOutcome(enum.Enum):
@@ -120,7 +120,9 @@ class Job:
     id: str
     owner: str
     app: str
-    input: dict[str, Any]
+    #: The request body. None where it was deliberately not loaded (``get(..., with_input=False)``, ``cleanup``):
+    #: inputs may carry megabytes of data URIs, and status polls must not parse them every time.
+    input: dict[str, Any] | None
     status: JobStatus
     priority: int
     created_at: float
@@ -205,7 +207,7 @@ class JobStore(Protocol):
         max_attempts: int = 3,
     ) -> Job: ...
 
-    def get(self, job_id: str, owner: str | None = None) -> Job | None: ...
+    def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None: ...
 
     def queue_position(self, job: Job) -> int: ...
 
@@ -317,9 +319,15 @@ webhook_deliveries = sa.Table(
     sa.Column("given_up", sa.Boolean, nullable=False),
 )
 sa.Index(
-    "ix_webhook_due", webhook_deliveries.c.delivered_at, webhook_deliveries.c.given_up, webhook_deliveries.c.next_attempt_at
+    "ix_webhook_due",
+    webhook_deliveries.c.delivered_at,
+    webhook_deliveries.c.given_up,
+    webhook_deliveries.c.next_attempt_at,
 )
 sa.Index("ix_webhook_job", webhook_deliveries.c.job_id)
+
+#: Every job column but the input (see ``Job.input``).
+_WITHOUT_INPUT = [c for c in jobs.c if c.name != "input"]
 
 #: Queue order: priority first, then first come first served.
 _QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq, jobs.c.id)
@@ -397,7 +405,7 @@ def _job(row: sa.Row[Any]) -> Job:
         id=m["id"],
         owner=m["owner"],
         app=m["app"],
-        input=json.loads(m["input"]),
+        input=json.loads(m["input"]) if "input" in m else None,
         status=JobStatus(m["status"]),
         priority=m["priority"],
         created_at=m["created_at"],
@@ -504,8 +512,9 @@ class SQLJobStore:
         self.close()
 
     @staticmethod
-    def _fetch_job(conn: Connection, job_id: str) -> Job | None:
-        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    def _fetch_job(conn: Connection, job_id: str, with_input: bool = True) -> Job | None:
+        query = sa.select(jobs) if with_input else sa.select(*_WITHOUT_INPUT)
+        row = conn.execute(query.where(jobs.c.id == job_id)).first()
         return None if row is None else _job(row)
 
     @staticmethod
@@ -547,7 +556,7 @@ class SQLJobStore:
         )
         if res.rowcount != 1:
             return False
-        job = self._fetch_job(conn, job_id)
+        job = self._fetch_job(conn, job_id, with_input=False)
         assert job is not None
         if job.webhook_url:
             body = webhook_body if webhook_body is not None else self._webhook_body(job)
@@ -609,9 +618,12 @@ class SQLJobStore:
         assert job is not None
         return job
 
-    def get(self, job_id: str, owner: str | None = None) -> Job | None:
-        """The job, or None when it does not exist or (``owner`` given) belongs to someone else."""
-        query = sa.select(jobs).where(jobs.c.id == job_id)
+    def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None:
+        """The job, or None when it does not exist or (``owner`` given) belongs to someone else.
+
+        ``with_input=False`` skips the (possibly large) input; status endpoints should use it.
+        """
+        query = (sa.select(jobs) if with_input else sa.select(*_WITHOUT_INPUT)).where(jobs.c.id == job_id)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         with self._read() as conn:
@@ -803,11 +815,13 @@ class SQLJobStore:
 
     def cleanup(self, older_than_seconds: float) -> list[Job]:
         """Delete completed jobs that finished more than ``older_than_seconds`` ago, with their logs and
-        webhook rows. Returns them so the caller can delete their output files."""
+        webhook rows. Returns them (without ``input``) so the caller can delete their output files."""
         cutoff = self._clock() - older_than_seconds
         with self._write() as conn:
             rows = conn.execute(
-                sa.select(jobs).where(jobs.c.status == JobStatus.COMPLETED.value, jobs.c.finished_at < cutoff)
+                sa.select(*_WITHOUT_INPUT).where(
+                    jobs.c.status == JobStatus.COMPLETED.value, jobs.c.finished_at < cutoff
+                )
             ).all()
             removed = [_job(r) for r in rows]
             for chunk in _chunks([j.id for j in removed]):
@@ -831,9 +845,7 @@ class SQLJobStore:
         """Log lines in order; ``after_id`` returns only newer ones (what an SSE stream sends next)."""
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(job_logs)
-                .where(job_logs.c.job_id == job_id, job_logs.c.id > after_id)
-                .order_by(job_logs.c.id)
+                sa.select(job_logs).where(job_logs.c.job_id == job_id, job_logs.c.id > after_id).order_by(job_logs.c.id)
             ).all()
         return [_log_line(r) for r in rows]
 
@@ -853,7 +865,9 @@ class SQLJobStore:
                 return CancelOutcome.ALREADY_COMPLETED
             if status == JobStatus.QUEUED.value:
                 queued = jobs.c.status == JobStatus.QUEUED.value
-                if self._finish(conn, job_id, now, guard=queued, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                if self._finish(
+                    conn, job_id, now, guard=queued, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED
+                ):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return CancelOutcome.REMOVED
                 return CancelOutcome.ALREADY_COMPLETED  # unreachable under the write lock; kept for PostgreSQL

@@ -16,6 +16,7 @@ dispatcher can run in any process that opens the store.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -109,7 +110,7 @@ def _b64url_decode(text: str) -> bytes:
 
 def signed_message(request_id: str, user_id: str, timestamp: int | str, body: bytes) -> bytes:
     """The exact bytes fal signs."""
-    return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode("utf-8")
+    return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
 
 
 def _public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
@@ -162,10 +163,8 @@ class WebhookSigner:
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            try:
+            with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
                 _write_private(path, pem)
-            except FileExistsError:
-                pass
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} does not hold an Ed25519 private key")
@@ -305,7 +304,7 @@ class WebhookDispatcher:
             headers = self.signer.headers(delivery.job_id, delivery.owner, body, int(self.clock()))
             headers["User-Agent"] = "photomaker-server-webhooks"
             status = self.http_post(delivery.url, body, headers, self.timeout)
-        except Exception as exc:  # noqa: BLE001 — any failure is a failed attempt, recorded for operators
+        except Exception as exc:  # any failure is a failed attempt, recorded for operators
             return f"{type(exc).__name__}: {exc}"[:500]
         if 200 <= status < 300:
             return None
@@ -337,7 +336,7 @@ class WebhookDispatcher:
         while not stop_event.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # noqa: BLE001
+            except Exception:  # e.g. a locked database: the next pass retries
                 log.exception("webhook dispatcher pass failed")
                 busy = 0
             if not busy:

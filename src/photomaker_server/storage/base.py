@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["FileStorage", "StoredFile", "UploadError", "sanitize_file_name", "MAX_FILE_NAME"]
+__all__ = ["MAX_FILE_NAME", "FileStorage", "StoredFile", "UploadError", "sanitize_file_name"]
 
 #: Longest stored file name; long enough for real names, short enough for every filesystem and URL.
 MAX_FILE_NAME = 128

@@ -167,11 +167,12 @@ function clearErrors() {
 
 function showGlobalError(title, detail = "", errorType = "") {
   const box = $("#error");
-  box.replaceChildren(
+  // replaceChildren() would print a null child as the text "null": filter the absent parts out.
+  box.replaceChildren(...[
     el("strong", { text: title }),
     detail ? el("span", { class: "error-detail", text: ` ${detail}` }) : null,
     errorType ? el("code", { class: "error-type", text: errorType }) : null,
-  );
+  ].filter(Boolean));
   box.hidden = false;
   box.scrollIntoView({ block: "nearest", behavior: "smooth" });
 }

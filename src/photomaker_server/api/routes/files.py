@@ -1,0 +1,137 @@
+"""File storage over HTTP: fal's upload flows, a plain multipart upload, and serving stored files.
+
+* ``POST /storage/upload/initiate`` → a signed one-time ``upload_url`` (PUT the bytes, no Authorization needed:
+  fal's JS client sends none there) and the ``file_url`` it will have.
+* ``POST /storage/auth/token`` + ``POST /files/upload`` — what fal's Python client tries first.
+* ``POST /storage/upload/multipart`` — a form upload for curl and the web page.
+* ``GET /files/<token>/<name>`` — unguessable URLs, no key needed (like fal's CDN links).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from ...storage.base import UploadError
+from ..auth import require_owner
+from ..errors import error_response
+from ..schemas import UploadedFile, UploadInitiate, UploadInitiated
+
+router = APIRouter(tags=["storage"])
+TOKEN_TTL_S = 3600
+_UPLOAD_ERROR_STATUS = {"not_found": 404, "bad_signature": 403, "expired": 410, "used": 409, "too_large": 413}
+
+
+def _ctx(request: Request):  # noqa: ANN202
+    return request.app.state.ctx
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything above ``limit`` without buffering more than that."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/storage/upload/initiate", response_model=UploadInitiated, summary="Start a signed one-time upload")
+def initiate_upload(
+    request: Request, body: UploadInitiate, owner: Annotated[str, Depends(require_owner)]
+) -> UploadInitiated:
+    upload_url, file_url = _ctx(request).storage.create_upload(body.content_type, body.file_name)
+    return UploadInitiated(upload_url=upload_url, file_url=file_url)
+
+
+@router.put("/storage/upload/{upload_id}", summary="Upload to a signed URL (no key needed)")
+async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONResponse:
+    ctx = _ctx(request)
+    data = await read_capped(request, ctx.settings.max_download_bytes)
+    try:
+        stored = ctx.storage.accept_upload(upload_id, sig, data)
+    except UploadError as exc:
+        return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
+    return JSONResponse({"url": stored.url, "file_size": stored.size}, status_code=200)
+
+
+# --- fal's Python client: a short-lived upload token, then POST /files/upload ------------------------------------
+def _sign_token(ctx, owner: str, expires_at: int) -> str:  # noqa: ANN001
+    payload = base64.urlsafe_b64encode(json.dumps([owner, expires_at, secrets.token_hex(4)]).encode()).decode()
+    mac = hmac.new(ctx.token_secret, payload.encode(), hashlib.sha256).hexdigest()
+    return f"{payload}.{mac}"
+
+
+def _verify_token(ctx, token: str) -> str | None:  # noqa: ANN001
+    payload, _, mac = token.partition(".")
+    expected = hmac.new(ctx.token_secret, payload.encode(), hashlib.sha256).hexdigest()
+    if not mac or not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        owner, expires_at, _ = json.loads(base64.urlsafe_b64decode(payload.encode()))
+    except ValueError:
+        return None
+    return owner if time.time() < expires_at else None
+
+
+@router.post("/storage/auth/token", summary="A short-lived upload token (fal's Python client)")
+def storage_token(request: Request, owner: Annotated[str, Depends(require_owner)]) -> dict:
+    ctx = _ctx(request)
+    expires_at = int(time.time()) + TOKEN_TTL_S
+    return {
+        "token": _sign_token(ctx, owner, expires_at),
+        "token_type": "Bearer",
+        "base_url": ctx.settings.base_url,
+        "expires_at": datetime.fromtimestamp(expires_at, timezone.utc).isoformat(),
+    }
+
+
+@router.post("/files/upload", summary="Upload raw bytes with an upload token (fal's Python client)")
+async def upload_with_token(request: Request) -> dict:
+    ctx = _ctx(request)
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    owner = _verify_token(ctx, token.strip()) if scheme.lower() == "bearer" else None
+    if owner is None and ctx.keys.owner_for(request.headers.get("authorization")) is None:
+        raise HTTPException(401, "Missing or invalid upload token", headers={"X-Fal-Error-Type": "unauthorized"})
+    data = await read_capped(request, ctx.settings.max_download_bytes)
+    stored = ctx.storage.put(
+        data, request.headers.get("content-type", "application/octet-stream"), request.headers.get("x-fal-file-name", "file")
+    )
+    return {"access_url": stored.url, "file_size": stored.size}
+
+
+@router.post("/storage/upload/multipart", response_model=UploadedFile, summary="Form upload (curl, web page)")
+async def upload_multipart(
+    request: Request, file: Annotated[UploadFile, File()], owner: Annotated[str, Depends(require_owner)]
+) -> UploadedFile:
+    ctx = _ctx(request)
+    limit = ctx.settings.max_download_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+    stored = ctx.storage.put(data, file.content_type or "application/octet-stream", file.filename or "file")
+    return UploadedFile(url=stored.url, file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
+
+
+@router.get("/files/{token}/{name}", summary="A stored file", response_class=FileResponse)
+def get_file(token: str, name: str, request: Request) -> FileResponse:
+    storage = _ctx(request).storage
+    path: Path | None = storage.path_for(f"{token}/{name}")
+    info = storage.info(f"{token}/{name}") if path else None
+    if path is None or info is None:
+        raise HTTPException(404, "File not found", headers={"X-Fal-Error-Type": "not_found"})
+    return FileResponse(path, media_type=info.content_type, headers={"Cache-Control": "private, max-age=86400"})

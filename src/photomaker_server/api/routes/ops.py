@@ -1,0 +1,131 @@
+"""Operations and the web page: ``/health`` (live), ``/ready`` (model loaded), ``/metrics`` (Prometheus),
+``/.well-known/jwks.json`` (webhook signing keys), ``/api/local-key`` (localhost only), ``/`` (the web page)."""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from ...engine.options import IMAGE_SIZE_PRESETS
+from ...engine.styles import default_style, style_names
+from ...jobs.status import INFERENCE_BUCKETS, read_statuses
+from ...settings import APP_ID
+
+router = APIRouter(tags=["operations"])
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def _ctx(request: Request):  # noqa: ANN202
+    return request.app.state.ctx
+
+
+def _workers(ctx) -> list:  # noqa: ANN001
+    return [w for w in read_statuses(ctx.settings.data_dir) if w.fresh]
+
+
+@router.get("/health", summary="Liveness, and what this server runs")
+def health(request: Request) -> dict:
+    ctx = _ctx(request)
+    workers = _workers(ctx)
+    demo = ctx.demo_warning
+    return {
+        "status": "ok",
+        "app": APP_ID,
+        "demo_model": demo is not None,
+        "demo_warning": demo,
+        "model": {
+            "base_pipelines": {"photomaker": ctx.settings.base_model, "photomaker-style": ctx.settings.style_base_model}
+            if demo is None else {"photomaker": "tiny random-weight demo", "photomaker-style": "tiny random-weight demo"},
+            "photomaker_checkpoint": ctx.settings.photomaker_checkpoint if demo is None else "tiny random-weight demo",
+        },
+        "trigger_word": ctx.settings.trigger_word,
+        "max_num_images": ctx.settings.max_num_images,
+        "styles": style_names(),
+        "default_style": default_style(),
+        "image_size_presets": list(IMAGE_SIZE_PRESETS),
+        "workers": [{"state": w.state, "detail": w.detail, "device": w.device, "loaded_bases": w.loaded_bases}
+                    for w in workers],
+    }
+
+
+@router.get("/ready", summary="Ready when a worker has its model loaded")
+def ready(request: Request) -> JSONResponse:
+    workers = _workers(_ctx(request))
+    is_ready = any(w.state == "ready" for w in workers)
+    body = {"ready": is_ready, "workers": [{"state": w.state, "detail": w.detail} for w in workers]}
+    return JSONResponse(body, status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    ctx = _ctx(request)
+    counts = ctx.store.counts()
+    outcomes = ctx.store.outcomes()
+    workers = _workers(ctx)
+    lines = [
+        "# HELP photomaker_queue_depth Requests waiting in the queue.",
+        "# TYPE photomaker_queue_depth gauge",
+        f"photomaker_queue_depth {counts.get('queued', 0)}",
+        "# HELP photomaker_jobs_running Requests being generated now.",
+        "# TYPE photomaker_jobs_running gauge",
+        f"photomaker_jobs_running {counts.get('running', 0)}",
+        "# HELP photomaker_jobs_finished Finished requests kept in the store, by outcome.",
+        "# TYPE photomaker_jobs_finished gauge",
+    ]
+    lines += [f'photomaker_jobs_finished{{outcome="{k}"}} {v}' for k, v in sorted(outcomes.items())]
+    lines += [
+        "# HELP photomaker_workers_ready Workers with the model loaded.",
+        "# TYPE photomaker_workers_ready gauge",
+        f"photomaker_workers_ready {sum(w.state == 'ready' for w in workers)}",
+        "# HELP photomaker_inference_seconds Time from the start of generation to its images.",
+        "# TYPE photomaker_inference_seconds histogram",
+    ]
+    for i, bound in enumerate(INFERENCE_BUCKETS):
+        lines.append(f'photomaker_inference_seconds_bucket{{le="{bound}"}} {sum(w.inference_buckets[i] for w in workers)}')
+    count = sum(w.inference_count for w in workers)
+    lines += [
+        f'photomaker_inference_seconds_bucket{{le="+Inf"}} {count}',
+        f"photomaker_inference_seconds_sum {sum(w.inference_seconds_sum for w in workers):.6f}",
+        f"photomaker_inference_seconds_count {count}",
+        "# HELP photomaker_denoise_step_seconds Time per denoising step (UNet + scheduler).",
+        "# TYPE photomaker_denoise_step_seconds summary",
+        f"photomaker_denoise_step_seconds_sum {sum(w.step_seconds_sum for w in workers):.6f}",
+        f"photomaker_denoise_step_seconds_count {sum(w.steps_total for w in workers)}",
+        "# HELP photomaker_id_cache_hits_total ID photos whose embedding came from the cache.",
+        "# TYPE photomaker_id_cache_hits_total counter",
+        f"photomaker_id_cache_hits_total {sum(w.id_cache_hits for w in workers)}",
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+@router.get("/.well-known/jwks.json", summary="Public keys that sign webhooks")
+def jwks(request: Request) -> dict:
+    return _ctx(request).signer.jwks()
+
+
+def _is_local(request: Request) -> bool:
+    """Loopback peer *and* a loopback Host header (the latter defeats DNS-rebinding pages)."""
+    client = request.client.host if request.client else ""
+    try:
+        loopback = ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        loopback = False
+    host = (request.headers.get("host") or "").rsplit(":", 1)[0] if "]" not in (request.headers.get("host") or "") \
+        else (request.headers.get("host") or "").split("]")[0] + "]"
+    return loopback and host in LOCAL_HOSTS
+
+
+@router.get("/api/local-key", summary="The server's own key, for pages opened on this machine")
+def local_key(request: Request) -> dict:
+    if not _is_local(request):
+        raise HTTPException(403, "The local key is only given to pages opened from localhost")
+    return {"key": _ctx(request).keys.local_key}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def index() -> HTMLResponse:
+    page = resources.files("photomaker_server").joinpath("web/index.html").read_text(encoding="utf-8")
+    return HTMLResponse(page)

@@ -1,0 +1,264 @@
+"""fal's queue protocol for ``fal-ai/photomaker``: submit, status (+ SSE stream), result, cancel, synchronous run.
+
+Handlers are thin: validate, talk to the job store, shape fal's envelopes. Work happens in the worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
+from ...settings import APP_ID
+from ..auth import require_owner
+from ..errors import ERROR_STATUS, error_response, validation_response
+from ..schemas import PhotoMakerInput, PhotoMakerOutput, QueueStatus, QueueSubmitted
+
+router = APIRouter(tags=["queue"])
+INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
+STREAM_POLL_S = 0.1
+KEEPALIVE_S = 10.0
+
+
+def _ctx(request: Request):  # noqa: ANN202
+    return request.app.state.ctx
+
+
+def _check_app(owner_ns: str, alias: str) -> None:
+    if f"{owner_ns}/{alias}" != APP_ID:
+        raise HTTPException(404, f"Unknown app {owner_ns}/{alias}; this server runs {APP_ID}")
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _urls(ctx, job_id: str) -> dict[str, str]:  # noqa: ANN001
+    base = f"{ctx.settings.base_url}/{APP_ID}/requests/{job_id}"
+    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+
+
+def _request_headers(job_id: str) -> dict[str, str]:
+    return {"x-fal-request-id": job_id}
+
+
+def validate_input(ctx, payload: dict[str, Any]) -> PhotoMakerInput:  # noqa: ANN001
+    return PhotoMakerInput.model_validate(
+        payload,
+        context={
+            "trigger_word": ctx.settings.trigger_word,
+            "max_num_images": ctx.settings.max_num_images,
+            "max_pixels": ctx.settings.max_pixels_out,
+        },
+    )
+
+
+def _start_deadline(request: Request) -> float | None:
+    raw = request.headers.get("x-fal-request-timeout")
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise HTTPException(400, f"X-Fal-Request-Timeout must be a positive number of seconds, got {raw!r}")
+    return time.time() + seconds
+
+
+def _priority(request: Request) -> int:
+    raw = request.headers.get("x-fal-queue-priority", "normal")
+    try:
+        return parse_priority(raw.strip().lower())
+    except ValueError:
+        raise HTTPException(400, f"X-Fal-Queue-Priority must be low, normal or high, got {raw!r}") from None
+
+
+def _webhook(url: str | None) -> str | None:
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HTTPException(400, "fal_webhook must be an absolute http(s) URL")
+    return url
+
+
+def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook_url: str | None) -> Job | JSONResponse:  # noqa: ANN001
+    try:
+        data = validate_input(ctx, payload)
+    except ValidationError as exc:
+        return validation_response(exc)
+    return ctx.store.submit(
+        owner,
+        APP_ID,
+        data.model_dump(mode="json", exclude_none=True),
+        priority=_priority(request),
+        start_deadline=_start_deadline(request),
+        webhook_url=_webhook(webhook_url),
+        max_attempts=ctx.settings.max_attempts,
+    )
+
+
+@router.post("/{owner_ns}/{alias}", response_model=QueueSubmitted, summary="Submit a request to the queue")
+def submit(
+    owner_ns: str,
+    alias: str,
+    request: Request,
+    payload: Annotated[dict[str, Any], INPUT_BODY],
+    owner: Annotated[str, Depends(require_owner)],
+    fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when done")] = None,
+) -> Any:
+    _check_app(owner_ns, alias)
+    ctx = _ctx(request)
+    job = _enqueue(ctx, request, payload, owner, fal_webhook)
+    if isinstance(job, JSONResponse):
+        return job
+    body = QueueSubmitted(request_id=job.id, queue_position=ctx.store.queue_position(job), **_urls(ctx, job.id))
+    return JSONResponse(body.model_dump(), headers=_request_headers(job.id))
+
+
+def _own_job(ctx, request_id: str, owner: str) -> Job:  # noqa: ANN001
+    job = ctx.store.get(request_id, owner=owner)
+    if job is None:
+        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": "not_found"})
+    return job
+
+
+def status_body(ctx, job: Job, logs: list | None) -> dict[str, Any]:  # noqa: ANN001
+    """fal's status envelope for the job's current state; ``logs`` are the entries to include (or None)."""
+    body: dict[str, Any] = {"request_id": job.id, **_urls(ctx, job.id), "logs": logs}
+    if job.status == JobStatus.QUEUED:
+        body.update(status="IN_QUEUE", queue_position=ctx.store.queue_position(job))
+    elif job.status == JobStatus.RUNNING:
+        body.update(status="IN_PROGRESS")
+    else:
+        body.update(status="COMPLETED")
+        if job.inference_time is not None:
+            body["metrics"] = {"inference_time": job.inference_time}
+        if job.error:
+            body.update(error=job.error, error_type=job.error_type)
+    return body
+
+
+@router.get("/{owner_ns}/{alias}/requests/{request_id}/status", response_model=QueueStatus, summary="Request status")
+def status(
+    owner_ns: str,
+    alias: str,
+    request_id: str,
+    request: Request,
+    owner: Annotated[str, Depends(require_owner)],
+    logs: str | None = None,
+) -> Any:
+    _check_app(owner_ns, alias)
+    ctx = _ctx(request)
+    job = _own_job(ctx, request_id, owner)
+    entries = [line.to_fal() for line in ctx.store.logs(job.id)] if _flag(logs) else None
+    return JSONResponse(status_body(ctx, job, entries), headers=_request_headers(job.id))
+
+
+@router.get("/{owner_ns}/{alias}/requests/{request_id}/status/stream", summary="Status as Server-Sent Events")
+async def status_stream(
+    owner_ns: str,
+    alias: str,
+    request_id: str,
+    request: Request,
+    owner: Annotated[str, Depends(require_owner)],
+    logs: str | None = None,
+) -> StreamingResponse:
+    """One ``data:`` event per change, carrying only the *new* log lines; closed after the COMPLETED event."""
+    _check_app(owner_ns, alias)
+    ctx = _ctx(request)
+    job = await to_thread.run_sync(_own_job, ctx, request_id, owner)
+    with_logs = _flag(logs)
+
+    async def events():  # noqa: ANN202
+        last_log = 0
+        last_state = None
+        last_sent = time.monotonic()
+        current = job
+        while True:
+            new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
+            if new_logs:
+                last_log = new_logs[-1].id
+            body = await to_thread.run_sync(status_body, ctx, current, [l.to_fal() for l in new_logs] if with_logs else None)
+            state = (body["status"], body.get("queue_position"))
+            if new_logs or state != last_state:
+                yield f"data: {json.dumps(body)}\n\n"
+                last_state, last_sent = state, time.monotonic()
+            elif time.monotonic() - last_sent > KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if body["status"] == "COMPLETED" or await request.is_disconnected():
+                return
+            await asyncio.sleep(STREAM_POLL_S)
+            current = await to_thread.run_sync(ctx.store.get, current.id) or current
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={**_request_headers(job.id), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def result_response(job: Job) -> JSONResponse:
+    headers = _request_headers(job.id)
+    if job.status != JobStatus.COMPLETED:
+        return error_response(400, "Request is still in progress", "request_in_progress", headers)
+    if job.error:
+        return error_response(ERROR_STATUS.get(job.error_type or "", 500), job.error, job.error_type or "internal_error", headers)
+    return JSONResponse(job.result, headers=headers)
+
+
+@router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result")
+def result(
+    owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
+) -> Any:
+    _check_app(owner_ns, alias)
+    return result_response(_own_job(_ctx(request), request_id, owner))
+
+
+@router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request")
+def cancel(
+    owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
+) -> JSONResponse:
+    _check_app(owner_ns, alias)
+    outcome = _ctx(request).store.request_cancel(request_id, owner)
+    headers = _request_headers(request_id)
+    if outcome == CancelOutcome.NOT_FOUND:
+        return error_response(404, f"Request {request_id} not found", "not_found")
+    if outcome == CancelOutcome.ALREADY_COMPLETED:
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=headers)
+    return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=headers)
+
+
+@router.post("/run/{owner_ns}/{alias}", response_model=PhotoMakerOutput, summary="Run synchronously")
+async def run(
+    owner_ns: str,
+    alias: str,
+    request: Request,
+    payload: Annotated[dict[str, Any], INPUT_BODY],
+    owner: Annotated[str, Depends(require_owner)],
+) -> Any:
+    """Queue the request and hold the connection until it finishes; a client that goes away cancels it."""
+    _check_app(owner_ns, alias)
+    ctx = _ctx(request)
+    job = await to_thread.run_sync(_enqueue, ctx, request, payload, owner, None)
+    if isinstance(job, JSONResponse):
+        return job
+    while job.status != JobStatus.COMPLETED:
+        if await request.is_disconnected():
+            await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
+            return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
+        await asyncio.sleep(STREAM_POLL_S)
+        job = await to_thread.run_sync(ctx.store.get, job.id) or job
+    return result_response(job)

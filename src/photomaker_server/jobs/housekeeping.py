@@ -1,0 +1,72 @@
+"""Background upkeep of the queue, run by the API process in one thread.
+
+Every tick: jobs whose worker died go back to the queue (or fail after ``max_attempts``), queued jobs past their
+start deadline fail with ``request_timeout``, and due webhooks are delivered. Every minute: finished jobs older than
+the retention time are deleted together with their output files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..inputs.fetch import FetchPolicy
+from ..inputs.outbound import safe_post
+from ..settings import Settings
+from ..storage.local import LocalStorage
+from .store import JobStore
+from .webhooks import WebhookDispatcher, WebhookSigner
+
+log = logging.getLogger(__name__)
+TICK_S = 0.5
+CLEANUP_EVERY_S = 60.0
+
+
+class Housekeeper:
+    def __init__(self, settings: Settings, store: JobStore, storage: LocalStorage, signer: WebhookSigner) -> None:
+        self.settings, self.store, self.storage = settings, store, storage
+        policy = FetchPolicy.from_settings(settings)
+        self.webhooks = WebhookDispatcher(
+            store,
+            signer,
+            http_post=lambda url, body, headers, timeout: safe_post(url, body, headers, timeout, policy),
+            max_attempts=settings.webhook_max_attempts,
+        )
+        self._thread: threading.Thread | None = None
+        self._last_cleanup = 0.0
+
+    def tick(self) -> None:
+        for job_id in self.store.requeue_expired_leases():
+            log.warning("worker lost while running %s; requeued or failed", job_id)
+        self.store.expire_deadlines()
+        self.webhooks.run_once()
+        if time.time() - self._last_cleanup > CLEANUP_EVERY_S:
+            self._last_cleanup = time.time()
+            self.cleanup()
+
+    def cleanup(self) -> int:
+        removed = self.store.cleanup(self.settings.result_ttl_hours * 3600)
+        for job in removed:
+            for image in (job.result or {}).get("images", []):
+                key = self.storage.key_from_url(image.get("url", ""))
+                if key:
+                    self.storage.delete(key)
+        self.storage.purge_uploads()
+        return len(removed)
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the loop alive; the next tick retries
+                log.exception("housekeeping tick failed")
+            stop.wait(TICK_S)
+
+    def start(self, stop: threading.Event) -> None:
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="housekeeping", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread:
+            self._thread.join(timeout=5)

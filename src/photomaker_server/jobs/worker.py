@@ -1,0 +1,235 @@
+"""The GPU worker: claims jobs from the store, runs the engine, stores the outputs.
+
+It runs in its own process (spawned by ``photomaker serve``, or ``photomaker worker`` on another machine sharing
+the data dir), loads the model once and keeps it resident. While a job runs, a thread renews the job's lease and
+picks up cancellation requests; if this process dies, the lease runs out and the job is run again elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..engine.options import GenerationOptions
+from ..inputs.errors import InputError
+from ..inputs.resolve import InputLoader
+from ..outputs import EXTENSIONS, encode_image
+from ..settings import Settings
+from ..storage.local import LocalStorage
+from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
+from .store import CANCELLED_ERROR, Job, SQLJobStore
+
+log = logging.getLogger(__name__)
+IDLE_POLL_S = 0.2
+_OPTION_FIELDS = set(GenerationOptions.model_fields)
+
+
+class JobRun:
+    """One claimed job: logging into the store, lease renewal, and the cancel/lost flags the engine polls."""
+
+    def __init__(self, store: SQLJobStore, job: Job, worker_id: str, lease_s: float) -> None:
+        self.store, self.job, self.worker_id, self.lease_s = store, job, worker_id, lease_s
+        self.cancelled = threading.Event()
+        self.lease_lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job.id[:8]}", daemon=True)
+
+    def __enter__(self) -> JobRun:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.lease_s / 3):
+            try:
+                state = self.store.renew_lease(self.job.id, self.worker_id, self.lease_s)
+            except Exception:  # a busy database: try again next period (the lease has slack)
+                log.exception("lease renewal failed")
+                continue
+            if not state.held:
+                self.lease_lost.set()
+            if state.cancel_requested:
+                self.cancelled.set()
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.lease_lost.is_set()
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.store.append_log(self.job.id, message, level)
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: Any = None) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.store = SQLJobStore(settings.db_path)
+        self.storage = LocalStorage(settings.files_dir, settings.base_url)
+        self.inputs = InputLoader(settings, self.storage)
+        self.status = WorkerStatus(self.worker_id, os.getpid(), demo_model=settings.tiny)
+        self.engine = engine
+        self.load_error: str | None = None
+        self.stop = threading.Event()
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+    def load(self) -> None:
+        from ..engine.service import Engine, EngineConfig
+
+        self._set_state("loading", "loading the model")
+        try:
+            if self.engine is None:
+                self.engine = Engine(EngineConfig.from_settings(self.settings))
+            self.status.device = f"{self.engine.placement.device} ({str(self.engine.placement.dtype).removeprefix('torch.')})"
+            self.engine.load_all()
+            self.status.loaded_bases = self.engine.loaded_bases()
+            detail = "random-weight demo model" if self.settings.tiny else "model loaded"
+            self._set_state("ready", detail)
+        except Exception as exc:  # weights missing, bad checkpoint, out of memory: jobs fail with this message
+            self.load_error = f"The model could not be loaded: {exc}"
+            log.error(self.load_error)
+            self._set_state("error", self.load_error)
+
+    def _set_state(self, state: str, detail: str) -> None:
+        self.status.state, self.status.detail = state, detail
+        write_status(self.settings.data_dir, self.status)
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                write_status(self.settings.data_dir, self.status)
+            except OSError:
+                log.exception("heartbeat failed")
+
+    def run(self) -> None:
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        self.load()
+        try:
+            while not self.stop.is_set():
+                job = self.store.claim(self.worker_id, self.settings.lease_seconds)
+                if job is None:
+                    self.stop.wait(IDLE_POLL_S)
+                    continue
+                self.process(job)
+        finally:
+            remove_status(self.settings.data_dir, self.worker_id)
+            self.store.close()
+
+    # --- one job --------------------------------------------------------------------------------------------
+    def process(self, job: Job) -> None:
+        with JobRun(self.store, job, self.worker_id, self.settings.lease_seconds) as run:
+            attempt = f" (attempt {job.attempts} of {job.max_attempts})" if job.attempts > 1 else ""
+            run.log(f"Started on worker {self.worker_id}{attempt}")
+            if self.settings.tiny:
+                run.log("This server runs the random-weight demo model: images are noise and resemble no one", "WARN")
+            try:
+                result, inference_time = self._generate(job, run)
+            except Exception as exc:  # noqa: BLE001 — every failure becomes a COMPLETED-with-error, never a crash
+                self._fail(job, run, exc)
+                return
+            if run.lease_lost.is_set():
+                return
+            self.store.complete(job.id, self.worker_id, result, inference_time)
+            run.log("Completed")
+
+    def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
+        from ..engine.errors import InvalidRequest
+        from ..engine.service import GenerationRequest
+
+        if self.load_error:
+            raise _JobError(self.load_error, "runner_server_error")
+        payload = job.input
+        options = GenerationOptions.model_validate({k: v for k, v in payload.items() if k in _OPTION_FIELDS})
+        photos, initial = self.inputs.load(payload, run.log)
+
+        step_started = [time.perf_counter()]
+
+        def on_step(i: int, n: int) -> None:
+            now = time.perf_counter()
+            self.status.steps_total += 1
+            self.status.step_seconds_sum += now - step_started[0]
+            step_started[0] = now
+            run.log(f"Step {i}/{n}")
+
+        started = time.perf_counter()
+        try:
+            result = self.engine.generate(
+                GenerationRequest(options, photos, initial), on_log=run.log, on_step=on_step, should_cancel=run.should_stop
+            )
+        except InvalidRequest as exc:
+            raise _JobError(str(exc), "input_error") from None
+        inference_time = time.perf_counter() - started
+        self.status.observe_inference(inference_time)
+        self.status.loaded_bases = self.engine.loaded_bases()
+        self.status.id_cache_hits, self.status.id_cache_misses = self.engine.id_cache.hits, self.engine.id_cache.misses
+
+        run.log(f"Saving {len(result.images)} image{'s' if len(result.images) != 1 else ''}")
+        output_format = payload.get("output_format", "png")
+        images = [self._deliver(job, i, image, output_format, payload.get("sync_mode", False), result.demo_model)
+                  for i, image in enumerate(result.images)]
+        body: dict[str, Any] = {
+            "images": images,
+            "seed": result.seed,
+            "prompt": result.prompt,
+            "timings": {**result.timings, "inference": round(inference_time, 4)},
+            "demo_model": result.demo_model,
+        }
+        if result.demo_model:
+            from ..engine.demo import DEMO_WARNING
+
+            body["demo_warning"] = DEMO_WARNING
+        return body, round(inference_time, 4)
+
+    def _deliver(self, job: Job, index: int, image, output_format: str, sync_mode: bool, demo: bool) -> dict:  # noqa: ANN001
+        from ..engine.demo import DEMO_WARNING
+
+        data, content_type = encode_image(image, output_format, DEMO_WARNING if demo else None)
+        file_name = f"{job.id}-{index}.{EXTENSIONS[output_format]}"
+        if sync_mode:
+            url = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+        else:
+            url = self.storage.put(data, content_type, file_name).url
+        return {"url": url, "content_type": content_type, "file_name": file_name, "file_size": len(data),
+                "width": image.width, "height": image.height}
+
+    def _fail(self, job: Job, run: JobRun, exc: Exception) -> None:
+        from ..engine.errors import GenerationCancelled
+
+        if run.lease_lost.is_set():
+            log.warning("lost the lease on %s; another worker will run it", job.id)
+            return
+        if isinstance(exc, GenerationCancelled):
+            message, error_type = CANCELLED_ERROR, "client_cancelled"
+        elif isinstance(exc, _JobError):
+            message, error_type = str(exc), exc.error_type
+        elif isinstance(exc, InputError):
+            message, error_type = str(exc), "input_error"
+        else:
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
+        run.log(message, "ERROR")
+        self.store.fail(job.id, self.worker_id, message, error_type)
+
+
+class _JobError(Exception):
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def run_worker(settings: Settings) -> None:
+    """Process entry point (also the target of the spawned worker). SIGTERM: finish the current job, then exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    worker.run()

@@ -1,0 +1,308 @@
+"""Local file storage: unguessable keys, safe names, traversal refusal, URL recognition, one-time uploads."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from photomaker_server.storage import FileStorage, LocalStorage, StoredFile, UploadError, sanitize_file_name
+
+BASE = "http://127.0.0.1:8000"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def storage(tmp_path: Path, clock: Clock) -> LocalStorage:
+    return LocalStorage(tmp_path / "files", BASE + "/", clock=clock)
+
+
+def split_upload_url(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.path.rsplit("/", 1)[1], parse_qs(parts.query)["sig"][0]
+
+
+# --- names ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("photo.png", "photo.png"),
+        ("my photo (1).JPG", "my_photo_1_.JPG"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\face.jpg", "face.jpg"),
+        (".hidden", "hidden"),
+        ("..", "file"),
+        ("", "file"),
+        (None, "file"),
+        ("___", "file"),
+        ("-rf", "rf"),
+        ("фото.jpg", "_.jpg"),
+        ("a\x00b.png", "a_b.png"),
+    ],
+)
+def test_sanitize_file_name(raw, clean):
+    assert sanitize_file_name(raw) == clean
+
+
+def test_long_names_are_capped_keeping_the_extension():
+    name = sanitize_file_name("x" * 500 + ".png")
+    assert len(name) == 128 and name.endswith(".png")
+    assert len(sanitize_file_name("y" * 500)) == 128
+
+
+# --- put / read / info / delete ---------------------------------------------------------------------------------
+
+
+def test_put_stores_under_an_unguessable_token(storage, tmp_path):
+    stored = storage.put(b"\x89PNG data", "image/png", "out put.png")
+    token, name = stored.key.split("/")
+    assert len(token) == 32 and name == "out_put.png"
+    assert stored == StoredFile(
+        key=stored.key,
+        url=f"{BASE}/files/{token}/out_put.png",
+        file_name="out_put.png",
+        content_type="image/png",
+        size=9,
+    )
+    assert (tmp_path / "files" / token / "out_put.png").read_bytes() == b"\x89PNG data"
+    assert storage.read(stored.key) == b"\x89PNG data"
+    assert storage.path_for(stored.key) == tmp_path / "files" / token / "out_put.png"
+    assert storage.info(stored.key) == stored
+    again = storage.put(b"other", "image/png", "out put.png")
+    assert again.key != stored.key and storage.read(stored.key) == b"\x89PNG data"
+
+
+def test_satisfies_the_protocol(storage):
+    def takes(s: FileStorage) -> FileStorage:
+        return s
+
+    assert takes(storage) is storage
+    for name in [n for n in dir(FileStorage) if not n.startswith("_")]:
+        assert callable(getattr(storage, name)), name
+
+
+def test_content_types_are_cleaned(storage):
+    assert storage.put(b"x", "text/plain; charset=utf-8", "a.txt").content_type == "text/plain"
+    assert storage.put(b"x", "evil\r\nSet-Cookie: a=b", "a.png").content_type == "image/png"
+    assert storage.put(b"x", "", "a.jpeg").content_type == "image/jpeg"
+    assert storage.put(b"x", "", "noext").content_type == "application/octet-stream"
+
+
+def test_delete_and_delete_prefix(storage, tmp_path):
+    a = storage.put(b"a", "image/png", "a.png")
+    storage.delete(a.key)
+    assert storage.read(a.key) is None and storage.info(a.key) is None
+    assert not (tmp_path / "files" / a.key.split("/")[0]).exists()
+    storage.delete(a.key)  # twice is fine
+    storage.delete("../../etc/passwd")  # malformed: ignored
+
+    b = storage.put(b"b", "image/png", "b.png")
+    token = b.key.split("/")[0]
+    storage.delete_prefix(token + "/")
+    assert storage.read(b.key) is None and not (tmp_path / "files" / token).exists()
+
+    keep = storage.put(b"k", "image/png", "k.png")
+    for bad in ("", "/", "..", "../", ".uploads", "a" * 10, str(tmp_path)):
+        storage.delete_prefix(bad)
+    assert storage.read(keep.key) == b"k" and (tmp_path / "files").is_dir()
+
+
+# --- traversal --------------------------------------------------------------------------------------------------
+
+
+def test_path_for_refuses_anything_but_a_plain_key(storage, tmp_path):
+    good = storage.put(b"secret-ish", "image/png", "a.png")
+    token = good.key.split("/")[0]
+    (tmp_path / "outside.txt").write_text("outside")
+    attempts = [
+        "",
+        token,
+        f"{token}/",
+        "../outside.txt",
+        f"{token}/../../outside.txt",
+        f"{token}/..",
+        f"/{good.key}",
+        str(tmp_path / "outside.txt"),
+        f"{token}/.meta.json",
+        f"{token}/a/b.png",
+        f"{token}\\a.png",
+        f"{token}/a.png\x00",
+        f"{token}/%2e%2e",
+        f"../{token}/a.png",
+        "short/a.png",
+        f"{token}/missing.png",
+    ]
+    for key in attempts:
+        assert storage.path_for(key) is None, key
+        assert storage.read(key) is None, key
+        assert storage.info(key) is None, key
+    assert storage.path_for(good.key) is not None
+
+
+def test_planted_symlinks_are_not_followed_out_of_the_root(storage, tmp_path):
+    (tmp_path / "outside.txt").write_text("outside")
+    token = "A" * 32
+    (tmp_path / "files" / token).mkdir()
+    (tmp_path / "files" / token / "link.txt").symlink_to(tmp_path / "outside.txt")
+    assert storage.path_for(f"{token}/link.txt") is None
+
+
+# --- URLs -------------------------------------------------------------------------------------------------------
+
+
+def test_key_from_url(storage):
+    stored = storage.put(b"x", "image/png", "a.png")
+    assert storage.key_from_url(stored.url) == stored.key
+    assert storage.key_from_url(f"http://localhost:8000/files/{stored.key}") == stored.key  # another host name
+    assert storage.key_from_url(f"https://proxy.example/files/{stored.key}?dl=1") == stored.key
+    token = stored.key.split("/")[0]
+    for url in (
+        f"{BASE}/other/{stored.key}",
+        f"{BASE}/files/{token}",
+        f"{BASE}/files/../{stored.key}",
+        f"{BASE}/files/{token}/../../x.png",
+        f"{BASE}/files/{token}/%2E%2E",
+        f"ftp://127.0.0.1/files/{stored.key}",
+        "data:image/png;base64,AAAA",
+        "not a url",
+    ):
+        assert storage.key_from_url(url) is None, url
+
+
+def test_key_from_url_under_a_base_path(tmp_path):
+    storage = LocalStorage(tmp_path / "files", "https://example.com/photomaker")
+    stored = storage.put(b"x", "image/png", "a.png")
+    assert stored.url.startswith("https://example.com/photomaker/files/")
+    assert storage.key_from_url(stored.url) == stored.key
+    assert storage.key_from_url(f"http://10.1.2.3:8000/photomaker/files/{stored.key}") == stored.key
+    assert storage.key_from_url(f"https://example.com/files/{stored.key}") is None
+    assert storage.key_from_url(f"http://x/files/{stored.key}", base_url="http://127.0.0.1:8000") == stored.key
+
+
+# --- signed one-time uploads ------------------------------------------------------------------------------------
+
+
+def test_upload_round_trip(storage, tmp_path):
+    upload_url, file_url = storage.create_upload("image/jpeg", "selfie 1.jpg")
+    assert upload_url.startswith(f"{BASE}/storage/upload/") and "?sig=" in upload_url
+    assert file_url.startswith(f"{BASE}/files/") and file_url.endswith("/selfie_1.jpg")
+    assert storage.key_from_url(file_url) is not None
+    assert storage.read(storage.key_from_url(file_url)) is None  # not there until uploaded
+
+    upload_id, sig = split_upload_url(upload_url)
+    stored = storage.accept_upload(upload_id, sig, b"jpeg bytes")
+    assert stored.url == file_url and stored.content_type == "image/jpeg" and stored.size == 10
+    assert storage.read(storage.key_from_url(file_url)) == b"jpeg bytes"
+
+    secret = tmp_path / "upload-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_upload_url_is_one_time(storage):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+    storage.accept_upload(upload_id, sig, b"first")
+    with pytest.raises(UploadError) as info:
+        storage.accept_upload(upload_id, sig, b"second")
+    assert info.value.reason == "used"
+
+
+def test_concurrent_uses_of_one_upload_url_let_exactly_one_through(storage):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def put(i: int) -> None:
+        barrier.wait()
+        try:
+            storage.accept_upload(upload_id, sig, b"data %d" % i)
+            outcomes.append("ok")
+        except UploadError as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] + ["used"] * 7
+
+
+def test_bad_signature_does_not_consume_the_upload(storage):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+    for bad in ("", "0" * 64, sig[:-1] + ("0" if sig[-1] != "0" else "1")):
+        with pytest.raises(UploadError) as info:
+            storage.accept_upload(upload_id, bad, b"x")
+        assert info.value.reason == "bad_signature"
+    _other_id, other_sig = split_upload_url(storage.create_upload("image/png", "b.png")[0])
+    with pytest.raises(UploadError):
+        storage.accept_upload(upload_id, other_sig, b"x")  # a signature is bound to its upload
+    assert storage.accept_upload(upload_id, sig, b"x").size == 1
+
+
+def test_expired_and_unknown_uploads(storage, clock):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png", ttl_s=60)[0])
+    clock.t += 61
+    with pytest.raises(UploadError) as info:
+        storage.accept_upload(upload_id, sig, b"x")
+    assert info.value.reason == "expired"
+    for bad_id in ("A" * 32, "../../upload-secret", "", ".uploads"):
+        with pytest.raises(UploadError) as info:
+            storage.accept_upload(bad_id, sig, b"x")
+        assert info.value.reason == "not_found"
+
+
+def test_upload_size_limit(tmp_path):
+    storage = LocalStorage(tmp_path / "files", BASE, max_upload_bytes=4)
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+    with pytest.raises(UploadError) as info:
+        storage.accept_upload(upload_id, sig, b"12345")
+    assert info.value.reason == "too_large"
+    assert storage.accept_upload(upload_id, sig, b"1234").size == 4  # the refusal did not use it up
+
+
+def test_uploads_work_across_instances_sharing_the_directory(tmp_path):
+    """The API process creates the URL; after a restart (new instance, same secret file) it still works."""
+    first = LocalStorage(tmp_path / "files", BASE)
+    upload_url, file_url = first.create_upload("image/png", "a.png")
+    second = LocalStorage(tmp_path / "files", BASE)
+    stored = second.accept_upload(*split_upload_url(upload_url), b"png")
+    assert stored.url == file_url and first.read(stored.key) == b"png"
+
+
+def test_a_different_secret_rejects_the_signature(tmp_path):
+    first = LocalStorage(tmp_path / "files", BASE)
+    upload_id, sig = split_upload_url(first.create_upload("image/png", "a.png")[0])
+    (tmp_path / "upload-secret").unlink()
+    rotated = LocalStorage(tmp_path / "files", BASE)
+    with pytest.raises(UploadError) as info:
+        rotated.accept_upload(upload_id, sig, b"x")
+    assert info.value.reason == "bad_signature"
+
+
+def test_purge_uploads(storage, clock):
+    used_id, used_sig = split_upload_url(storage.create_upload("image/png", "a.png", ttl_s=10)[0])
+    storage.accept_upload(used_id, used_sig, b"x")
+    fresh_id, fresh_sig = split_upload_url(storage.create_upload("image/png", "b.png", ttl_s=10_000)[0])
+    clock.t += 100
+    assert storage.purge_uploads(grace_s=50) == 1
+    with pytest.raises(UploadError) as info:
+        storage.accept_upload(used_id, used_sig, b"x")
+    assert info.value.reason == "not_found"
+    assert storage.accept_upload(fresh_id, fresh_sig, b"y").size == 1
