@@ -48,3 +48,14 @@ def engine(tiny_locations):
 @pytest.fixture
 def faces() -> list[Image.Image]:
     return [make_face(i) for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_root, tmp_path_factory):
+    """One shared ``photomaker serve --tiny`` for the HTTP, client and browser tests (keys: live_server.API_KEY,
+    live_server.OTHER_KEY). Tests that restart or kill a server make their own LiveServer."""
+    from live_server import LiveServer
+
+    server = LiveServer(tmp_path_factory.mktemp("server"), tiny_root).start()
+    yield server
+    server.stop()

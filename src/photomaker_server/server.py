@@ -133,12 +133,28 @@ def _banner(settings: Settings, key_generated: bool, key: str, cert: Path | None
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _with_demo_fallback(settings: Settings) -> Settings:
+    """Real weights unreachable (offline, no local copy): start on the tiny model rather than not at all."""
+    if settings.tiny:
+        return settings
+    from .engine.weights import unavailable_weights
+
+    problems = unavailable_weights([settings.base_model, settings.style_base_model, settings.photomaker_checkpoint])
+    if not problems:
+        return settings
+    if not settings.demo_fallback:
+        raise SystemExit("real weights unavailable:\n  " + "\n  ".join(problems))
+    log.warning("real weights unavailable (%s); FALLING BACK TO THE RANDOM-WEIGHT DEMO MODEL", "; ".join(problems))
+    return settings.model_copy(update={"tiny": True})
+
+
 def serve(settings: Settings, run_worker: bool = True) -> int:
     import uvicorn
 
     from .api.app import build_context, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _with_demo_fallback(settings)
     cert = key = None
     if settings.tls:
         cert, key = ensure_tls(settings)

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # --- model --------------------------------------------------------------------------------------
     tiny: bool = False
+    #: When the real weights cannot be had at start-up, serve the tiny demo model (loudly) instead of failing.
+    demo_fallback: bool = True
     base_model: str = DEFAULT_BASE_MODELS["photomaker"]
     style_base_model: str = DEFAULT_BASE_MODELS["photomaker-style"]
     photomaker_checkpoint: str = DEFAULT_PHOTOMAKER_CHECKPOINT

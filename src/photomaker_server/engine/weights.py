@@ -66,3 +66,31 @@ def resolve_checkpoint(location: str) -> Path:
         raise WeightsUnavailable(
             f"could not get {filename!r} from hub repo {repo_id!r} ({type(exc).__name__}: {exc}). {OFFLINE_HINT}"
         ) from None
+
+
+def unavailable_weights(locations: list[str], timeout_s: float = 5.0) -> list[str]:
+    """Quick check before starting a service: which locations can certainly not be had (with why).
+
+    Local paths must exist; hub ids must be in the local hub cache or answer on the hub within ``timeout_s``.
+    Torch-free and fast, so ``serve`` can decide at start-up whether to fall back to the demo model.
+    """
+    problems = []
+    for location in locations:
+        path = Path(location).expanduser()
+        if path.exists():
+            continue
+        if _looks_local(location):
+            problems.append(f"{location}: no such file or directory")
+            continue
+        parts = location.split("/")
+        repo_id = "/".join(parts[:2])
+        filename = "/".join(parts[2:]) or "model_index.json"
+        try:
+            from huggingface_hub import HfApi, try_to_load_from_cache
+
+            if isinstance(try_to_load_from_cache(repo_id, filename), str):
+                continue
+            HfApi().model_info(repo_id, timeout=timeout_s)
+        except Exception as exc:  # offline, DNS failure, gated repo ...
+            problems.append(f"{location}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    return problems

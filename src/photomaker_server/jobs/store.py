@@ -871,8 +871,13 @@ class SQLJobStore:
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return CancelOutcome.REMOVED
                 return CancelOutcome.ALREADY_COMPLETED  # unreachable under the write lock; kept for PostgreSQL
-            conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-            self._insert_log(conn, job_id, "Cancellation requested", "WARN", now)
+            res = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.cancel_requested.is_(False))
+                .values(cancel_requested=True)
+            )
+            if res.rowcount == 1:  # log it once, however often the client asks
+                self._insert_log(conn, job_id, "Cancellation requested", "WARN", now)
             return CancelOutcome.REQUESTED
 
     # -- metrics --

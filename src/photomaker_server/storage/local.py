@@ -191,8 +191,11 @@ class LocalStorage:
             return
         path.unlink(missing_ok=True)
         directory = path.parent
-        if not any(p.name != _META for p in directory.iterdir()):
-            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            if not any(p.name != _META for p in directory.iterdir()):
+                shutil.rmtree(directory, ignore_errors=True)
+        except FileNotFoundError:  # removed concurrently
+            pass
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove everything under one token (``"<token>"`` or ``"<token>/"``); anything else is ignored."""

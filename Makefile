@@ -1,0 +1,39 @@
+# Two commands do all set-up:  `make serve` (the service)  and  `make test` (the test suite).
+# Both create .venv and install what they need on first use.
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+# The CPU build on machines without a GPU; on Linux x86_64, PyPI's torch is the CUDA build (see README).
+TORCH_SPEC  ?= torch==2.13.0
+SERVE_ARGS  ?=
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-deps install clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	# CLIP's BPE vocabulary for the offline tiny model; --no-deps keeps torchvision out.
+	$(PY) -m pip install -q --no-deps open_clip_torch
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/photomaker serve $(SERVE_ARGS)
+
+# The official JS client (npm) and a real Chromium for the browser test.
+test-deps: $(STAMP)
+	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) tests/clients/node_modules .pytest_cache
