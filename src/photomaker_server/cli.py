@@ -183,10 +183,11 @@ def _read(path: Path) -> bytes:
 
 def _generate_local(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .engine.errors import InvalidRequest, WeightsUnavailable
-    from .engine.options import GenerationOptions
+    from .engine.options import GenerationOptions, error_details
     from .engine.service import Engine, EngineConfig, GenerationRequest
     from .engine.demo import DEMO_WARNING
     from .outputs import encode_image
@@ -198,13 +199,15 @@ def _generate_local(args: argparse.Namespace) -> int:
             context={"trigger_word": settings.trigger_word, "max_num_images": settings.max_num_images},
         )
     except ValidationError as exc:
-        raise CLIError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise CLIError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error_details(exc))) from None
     photos, initial = _read_photos(args, settings)
     if settings.tiny:
         print(f"WARNING: {DEMO_WARNING}", file=sys.stderr)
 
     engine = Engine(EngineConfig.from_settings(settings))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    # Progress goes to stderr: stdout carries only the image paths and the JSON summary (scriptable).
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("loading", total=None)
 
         def on_step(i: int, n: int) -> None:

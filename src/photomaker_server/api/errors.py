@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from ..engine.options import error_details
+
 #: HTTP status for each error_type a finished request can carry.
 ERROR_STATUS = {
     "request_timeout": 504,
@@ -31,14 +33,7 @@ def error_response(status: int, detail: str, error_type: str, headers: dict[str,
 
 
 def validation_details(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[dict[str, Any]]:
-    """pydantic errors in fal's shape; the offending input is left out (it can be a 30 MB data URI)."""
-    details = []
-    for error in exc.errors(include_url=False, include_input=False):
-        message = error["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        details.append({"loc": [*prefix, *error["loc"]], "msg": message, "type": error["type"]})
-    return details
+    return [{**d, "loc": [*prefix, *d["loc"]]} for d in error_details(exc)]
 
 
 def validation_response(exc: ValidationError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .styles import default_style, style_names
 
@@ -153,3 +153,13 @@ def resolve_size(image_size: ImageSize | str | None, initial_image_size: tuple[i
 def start_merge_step(style_strength: int, num_inference_steps: int) -> int:
     """The last step index that runs on the text alone (the reference's formula, capped at 30)."""
     return min(int(style_strength / 100 * num_inference_steps), 30)
+
+
+def error_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Each problem as ``{loc, msg, type}`` with pydantic's "Value error, " prefix removed and without the input
+    (which can be a 30 MB data URI): the shape of fal's 422 ``detail`` entries, minus the ``body`` prefix."""
+    details = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        details.append({"loc": list(error["loc"]), "msg": message, "type": error["type"]})
+    return details

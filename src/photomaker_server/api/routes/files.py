@@ -134,4 +134,7 @@ def get_file(token: str, name: str, request: Request) -> FileResponse:
     info = storage.info(f"{token}/{name}") if path else None
     if path is None or info is None:
         raise HTTPException(404, "File not found", headers={"X-Fal-Error-Type": "not_found"})
-    return FileResponse(path, media_type=info.content_type, headers={"Cache-Control": "private, max-age=86400"})
+    # Content types of uploads come from clients: never let a stored file run script on this origin.
+    headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "sandbox"}
+    return FileResponse(path, media_type=info.content_type, headers=headers)

@@ -128,7 +128,8 @@ def submit(
 
 
 def _own_job(ctx, request_id: str, owner: str) -> Job:  # noqa: ANN001
-    job = ctx.store.get(request_id, owner=owner)
+    # Inputs can hold megabytes of data URIs; no status/result/cancel answer needs them.
+    job = ctx.store.get(request_id, owner=owner, with_input=False)
     if job is None:
         raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": "not_found"})
     return job
@@ -201,7 +202,7 @@ async def status_stream(
             if body["status"] == "COMPLETED" or await request.is_disconnected():
                 return
             await asyncio.sleep(STREAM_POLL_S)
-            current = await to_thread.run_sync(ctx.store.get, current.id) or current
+            current = await to_thread.run_sync(lambda: ctx.store.get(current.id, with_input=False)) or current
 
     return StreamingResponse(
         events(),
@@ -260,5 +261,5 @@ async def run(
             await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
             return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
         await asyncio.sleep(STREAM_POLL_S)
-        job = await to_thread.run_sync(ctx.store.get, job.id) or job
+        job = await to_thread.run_sync(lambda: ctx.store.get(job.id, with_input=False)) or job
     return result_response(job)
