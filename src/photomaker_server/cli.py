@@ -19,7 +19,7 @@ from .settings import Settings
 #: CLI flag → Settings field, for the flags that configure the model or the server.
 _SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
-    "device", "trigger_word", "tls", "tls_cert", "tls_key", "max_resident_bases", "demo_fallback",
+    "device", "trigger_word", "tls", "tls_cert", "tls_key", "max_resident_bases", "demo_fallback", "log_format",
 )
 
 
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls", action="store_true", default=None, help="serve HTTPS (self-signed cert unless given)")
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--log-format", choices=["text", "json"], help="json: one object per line (default text)")
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")

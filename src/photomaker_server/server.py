@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from .logs import configure_logging
 from .settings import Settings
 
 log = logging.getLogger("photomaker_server")
@@ -153,7 +154,7 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
 
     from .api.app import build_context, create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, "api")
     settings = _with_demo_fallback(settings)
     cert = key = None
     if settings.tls:
@@ -176,6 +177,7 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
             ssl_certfile=str(cert) if cert else None,
             ssl_keyfile=str(key) if key else None,
             log_level="info",
+            log_config=None,  # keep configure_logging's handlers (text or JSON)
             timeout_graceful_shutdown=5,
         )
     finally:

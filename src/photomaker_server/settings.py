@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    #: "text" for people, "json" for log collectors (one object per line).
+    log_format: str = "text"
+
     # --- auth ---------------------------------------------------------------------------------------
     #: Accepted API keys (``Authorization: Key <key>``). Empty: a key is generated into the data dir.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

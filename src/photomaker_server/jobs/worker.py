@@ -21,6 +21,7 @@ from typing import Any
 from ..engine.options import GenerationOptions
 from ..inputs.errors import InputError
 from ..inputs.resolve import InputLoader
+from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.local import LocalStorage
@@ -228,7 +229,7 @@ class _JobError(Exception):
 
 def run_worker(settings: Settings) -> None:
     """Process entry point (also the target of the spawned worker). SIGTERM: finish the current job, then exit."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, "worker")
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())

@@ -1,0 +1,32 @@
+"""Retention: finished requests older than the TTL are deleted together with their output files."""
+
+from __future__ import annotations
+
+from photomaker_server.jobs.housekeeping import Housekeeper
+from photomaker_server.jobs.store import SQLJobStore
+from photomaker_server.jobs.webhooks import WebhookSigner
+from photomaker_server.settings import Settings
+from photomaker_server.storage.local import LocalStorage
+
+
+def test_cleanup_removes_old_results_and_their_files(tmp_path):
+    now = [1_000_000.0]
+    settings = Settings(data_dir=tmp_path, result_ttl_hours=1)
+    store = SQLJobStore(settings.db_path, clock=lambda: now[0])
+    storage = LocalStorage(settings.files_dir, settings.base_url)
+    keeper = Housekeeper(settings, store, storage, WebhookSigner.generate())
+
+    def finished_job() -> tuple[str, str]:
+        job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"})
+        store.claim("w", 30)
+        stored = storage.put(b"png bytes", "image/png", "out.png")
+        store.complete(job.id, "w", {"images": [{"url": stored.url}], "seed": 1})
+        return job.id, stored.key
+
+    old_job, old_file = finished_job()
+    now[0] += 2 * 3600  # two hours later: past the one-hour TTL
+    new_job, new_file = finished_job()
+
+    assert keeper.cleanup() == 1
+    assert store.get(old_job) is None and storage.read(old_file) is None
+    assert store.get(new_job) is not None and storage.read(new_file) == b"png bytes"
