@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     #: How many base pipelines may be resident at once (1: load on demand, evicting the other).
     max_resident_bases: int = 2
+    #: GiB of weights the resident base pipelines may take together (0: only max_resident_bases limits).
+    memory_budget_gb: float = 0.0
     #: Bound on the ID-embedding cache (photos).
     id_cache_size: int = 512
     max_num_images: int = 4

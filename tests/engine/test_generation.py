@@ -183,6 +183,28 @@ def test_on_demand_loading_keeps_at_most_the_budget(tiny_locations, faces):
     assert engine.loaded_bases() == ["photomaker-style"]
 
 
+def test_memory_budget_decides_what_stays_resident(tiny_locations, faces):
+    def engine_with(budget_gb: float) -> Engine:
+        return Engine(EngineConfig(
+            base_models={k: str(tiny_locations[k]) for k in ("photomaker", "photomaker-style")},
+            checkpoint=str(tiny_locations["checkpoint"]), device="cpu", demo=True, memory_budget_gb=budget_gb))
+
+    one_base = engine_with(1.0)
+    size = one_base._estimated_bytes(str(tiny_locations["photomaker"]))
+    run(one_base, faces[:1], num_inference_steps=1)
+    assert one_base._sizes[str(tiny_locations["photomaker"])] == size, "header estimate must match the loaded size"
+
+    tight = engine_with(1.5 * size / 2**30)  # room for one base, not two
+    run(tight, faces[:1], num_inference_steps=1)
+    run(tight, faces[:1], num_inference_steps=1, base_pipeline="photomaker-style")
+    assert tight.loaded_bases() == ["photomaker-style"]
+
+    roomy = engine_with(3 * size / 2**30)
+    run(roomy, faces[:1], num_inference_steps=1)
+    run(roomy, faces[:1], num_inference_steps=1, base_pipeline="photomaker-style")
+    assert sorted(roomy.loaded_bases()) == ["photomaker", "photomaker-style"]
+
+
 def test_no_photos_is_a_clear_error(engine):
     with pytest.raises(InvalidRequest, match="at least one photo"):
         run(engine, [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -43,6 +44,8 @@ class EngineConfig:
     trigger_word: str = "img"
     device: str = "auto"
     max_resident_bases: int = 2
+    #: GiB of weights the resident bases may take together (0: no limit beyond max_resident_bases).
+    memory_budget_gb: float = 0.0
     id_cache_size: int = 512
     max_num_images: int = 4
     #: Tiny random-weight model: every output says so.
@@ -56,6 +59,7 @@ class EngineConfig:
             trigger_word=settings.trigger_word,
             device=settings.device,
             max_resident_bases=settings.max_resident_bases,
+            memory_budget_gb=settings.memory_budget_gb,
             id_cache_size=settings.id_cache_size,
             max_num_images=settings.max_num_images,
         )
@@ -101,6 +105,7 @@ class Engine:
         self.placement = placement or choose_placement(config.device)
         self.id_cache = IDEmbeddingCache(config.id_cache_size)
         self._pipelines: OrderedDict[str, PhotoMakerPipeline] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # bytes of weights of each resident base
         self._checkpoint: PhotoMakerCheckpoint | None = None
         self._id_encoder: PhotoMakerIDEncoder | None = None
         if self.placement.device.type == "cpu" and not config.demo:
@@ -119,16 +124,39 @@ class Engine:
         if location in self._pipelines:
             self._pipelines.move_to_end(location)
             return self._pipelines[location]
-        while len(self._pipelines) >= max(1, self.config.max_resident_bases):
+        need = self._estimated_bytes(location) if self.config.memory_budget_gb > 0 else 0
+        budget = int(self.config.memory_budget_gb * 2**30)
+        while self._pipelines and (
+            len(self._pipelines) >= max(1, self.config.max_resident_bases)
+            or (budget and sum(self._sizes.values()) + need > budget)
+        ):
             evicted, _ = self._pipelines.popitem(last=False)
-            log.info("unloading base model %s to stay within max_resident_bases", evicted)
+            self._sizes.pop(evicted, None)
+            log.info("unloading base model %s to stay within the residency limits", evicted)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         _say(on_log, f"Loading model ({base_pipeline}: {location})")
         pipe = self._load(location)
         self._pipelines[location] = pipe
+        self._sizes[location] = sum(
+            p.numel() * p.element_size() for m in pipe.sdxl.components.values() if isinstance(m, torch.nn.Module)
+            for p in m.parameters()
+        )
         return pipe
+
+    def _estimated_bytes(self, location: str) -> int:
+        """Bytes the base will take once loaded, read from its safetensors headers (no weights are loaded)."""
+        from safetensors import safe_open
+
+        root = resolve_base_model(location, self.config.variant if self.placement.dtype != torch.float32 else None)
+        element = torch.tensor([], dtype=self.placement.dtype).element_size()
+        total = 0
+        for path in root.glob("*/*.safetensors"):
+            with safe_open(str(path), "pt") as handle:
+                for key in handle.keys():
+                    total += math.prod(handle.get_slice(key).get_shape()) * element
+        return total
 
     def load_all(self, on_log: LogCallback | None = None) -> None:
         """Warm up: load as many bases as may stay resident, the default one last (so it is kept)."""
