@@ -161,11 +161,6 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
         cert, key = ensure_tls(settings)
     ctx = build_context(settings)
     _banner(settings, ctx.keys.generated, ctx.keys.local_key, cert)
-    if settings.tiny and run_worker:
-        # Build the tiny model before the worker starts, so a first start says what it is doing.
-        from .engine.tiny import ensure_tiny_model
-
-        ensure_tiny_model(settings.models_dir / "tiny")
     supervisor = WorkerSupervisor(settings) if run_worker else None
     if supervisor:
         supervisor.start()

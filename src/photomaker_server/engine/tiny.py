@@ -13,6 +13,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import logging
+import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from .checkpoint import save_checkpoint
 from .demo import DEMO_WARNING
 from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
 
+log = logging.getLogger(__name__)
 TINY_VERSION = 1
 TEXT_WIDTH = 32  # both tiny text encoders; the ID embedding is 2 * TEXT_WIDTH wide
 TIME_EMBED = 8
@@ -178,11 +183,24 @@ def ensure_tiny_model(root: Path) -> dict[str, Path]:
     marker = root / "tiny-model.json"
     if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
         return locations
-    root.mkdir(parents=True, exist_ok=True)
-    realistic = build_base(seed=0)
-    realistic.save_pretrained(locations["photomaker"])
-    build_base(seed=1).save_pretrained(locations["photomaker-style"])
-    id_state, lora = build_checkpoint_tensors(realistic.unet, seed=2)
-    save_checkpoint(locations["checkpoint"], id_state, lora)
-    marker.write_text(json.dumps({"version": TINY_VERSION, "warning": DEMO_WARNING}, indent=2))
+    # Build beside the target and rename into place: concurrent first starts never see a half-built model.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the tiny random-weight demo model in %s (once)", root)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".tiny-build-") as tmp:
+        build = Path(tmp) / "tiny"
+        realistic = build_base(seed=0)
+        realistic.save_pretrained(build / "realistic")
+        build_base(seed=1).save_pretrained(build / "style")
+        id_state, lora = build_checkpoint_tensors(realistic.unet, seed=2)
+        save_checkpoint(build / locations["checkpoint"].name, id_state, lora)
+        (build / marker.name).write_text(json.dumps({"version": TINY_VERSION, "warning": DEMO_WARNING}, indent=2))
+        if root.exists():  # an older version, or another process won the race
+            if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
+                return locations
+            shutil.rmtree(root)
+        try:
+            os.rename(build, root)
+        except OSError:  # another process renamed its build first
+            if not marker.is_file():
+                raise
     return locations
