@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -60,15 +61,15 @@ class LiveServer:
                 r = self.client().get("/ready" if wait_ready else "/health", timeout=2)
                 if r.status_code == 200:
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):  # not listening yet, or (--tls) its certificate not written yet
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
 
     def client(self, key: str | None = API_KEY, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Key {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, verify=str(self.cert) if self.tls else True,
-                            timeout=30, **kwargs)
+        verify = ssl.create_default_context(cafile=str(self.cert)) if self.tls else True
+        return httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=30, **kwargs)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""

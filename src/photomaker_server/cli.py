@@ -234,4 +234,7 @@ def _generate_local(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this ``__main__`` copy, so there is one CLIError class (client.py raises it).
+    from photomaker_server.cli import main as package_main
+
+    sys.exit(package_main())
