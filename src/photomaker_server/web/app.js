@@ -269,9 +269,12 @@ async function loadHealth() {
   if (health?.demo_model) {
     banner.replaceChildren(
       el("strong", { text: "Demo model. " }),
-      health.model?.demo_warning || DEMO_TEXT,
+      health.demo_warning || health.model?.demo_warning || DEMO_TEXT,
     );
     banner.hidden = false;
+    // Quick defaults on the CPU demo model: full-size defaults would take minutes and still show only noise.
+    $("#steps").value = "20";
+    $("#image-size").value = "square";
   } else {
     banner.hidden = true;
   }
@@ -912,7 +915,9 @@ function renderResult(result, id) {
     seedLine.hidden = true;
   }
   $("#request-id").textContent = id;
-  $("#output-title").scrollIntoView({ block: "nearest", behavior: "smooth" });
+  // Bring the images themselves into view: on a narrow screen the result panel sits below the long form and
+  // its heading may already be on screen while the images are not. (width/height reserve their space already.)
+  (images.length ? gallery : $("#output-title")).scrollIntoView({ block: "nearest", behavior: "smooth" });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
