@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from .jobs.status import forget_exited
 from .logs import configure_logging
 from .settings import Settings
 
@@ -52,6 +53,7 @@ class WorkerSupervisor:
             if self.process is not None and not self.process.is_alive():
                 delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
                 log.warning("worker process exited with code %s; restarting in %ss", self.process.exitcode, delay)
+                forget_exited(self.settings.data_dir, self.process.pid)  # /ready: not ready until the new one is
                 failures += 1
                 if self._stop.wait(delay):
                     return

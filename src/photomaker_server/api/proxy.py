@@ -19,13 +19,19 @@ PROXY_PATH = "/api/fal/proxy"
 #: Paths the proxy may reach, by the kind of fal host they were addressed to.
 _QUEUE_PREFIX = f"/{APP_ID}"
 _STORAGE_PATHS = ("/storage/upload/initiate", "/storage/auth/token")
+#: The domains fal's clients address (queue.fal.run, fal.run, rest.fal.ai); any other host is not a fal URL.
+_FAL_DOMAINS = ("fal.run", "fal.ai")
+
+
+def _is_fal_host(host: str) -> bool:
+    return any(host == domain or host.endswith("." + domain) for domain in _FAL_DOMAINS)
 
 
 def map_target(target: str) -> tuple[str, str] | None:
     """(path, query) on this server for a fal URL, or None when it is not one of this service's endpoints."""
     parts = urlsplit(target)
     host, path = (parts.hostname or "").lower(), parts.path.rstrip("/") or "/"
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https") or not _is_fal_host(host):
         return None
     if host.startswith("queue."):
         mapped = path

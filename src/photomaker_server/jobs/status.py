@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,3 +75,15 @@ def read_statuses(data_dir: Path) -> list[WorkerStatus]:
 
 def remove_status(data_dir: Path, worker_id: str) -> None:
     (workers_dir(data_dir) / f"{worker_id}.json").unlink(missing_ok=True)
+
+
+def forget_exited(data_dir: Path, pid: int) -> None:
+    """Drop the heartbeat of a worker process of this host that is known to have exited.
+
+    A worker killed with SIGKILL cannot remove its own file, which would otherwise stay "fresh" (and "ready")
+    for ``STALE_AFTER_S`` while its replacement is still loading the model.
+    """
+    prefix = f"{socket.gethostname()}-{pid}-"
+    for status in read_statuses(data_dir):
+        if status.pid == pid and status.worker_id.startswith(prefix):
+            remove_status(data_dir, status.worker_id)

@@ -139,8 +139,10 @@ class Worker:
                 return
             if run.lease_lost.is_set():
                 return
-            self.store.complete(job.id, self.worker_id, result, inference_time)
+            # Logged before the status flips: clients (and the SSE stream) stop reading logs at COMPLETED, so a
+            # line written after it would be missed.
             run.log("Completed")
+            self.store.complete(job.id, self.worker_id, result, inference_time)
 
     def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
         from ..engine.errors import InvalidRequest
