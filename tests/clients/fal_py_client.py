@@ -25,7 +25,7 @@ def small(image_url: str, **extra) -> dict:
             "image_size": {"width": 64, "height": 64}, "seed": 1, **extra}
 
 
-LONG = {"num_inference_steps": 100, "image_size": {"width": 256, "height": 256}}
+LONG = {"num_inference_steps": 100, "image_size": {"width": 512, "height": 512}}  # seconds, even on an idle machine
 
 
 def status_json(status) -> dict:

@@ -103,7 +103,7 @@ out.queue = await attempt(async () => {
 // Cancel: a long request (the blocker) and one queued behind it; cancel the queued one at once, the blocker once
 // it is running (it stops at its next step).
 out.cancel = await attempt(async () => {
-  const long = small(photoUrl, { num_inference_steps: 100, image_size: { width: 256, height: 256 } });
+  const long = small(photoUrl, { num_inference_steps: 100, image_size: { width: 512, height: 512 } }); // seconds, even on an idle machine
   const blocker = await fal.queue.submit(APP, { input: long });
   const queued = await fal.queue.submit(APP, { input: long });
   const queuedBefore = await fal.queue.status(APP, { requestId: queued.request_id });

@@ -142,7 +142,7 @@ def test_status_and_cancel(tmp_path, photos, live_server):
     with live_server.client() as client:
         upload = client.post("/storage/upload/multipart", files={"file": ("f.png", image_bytes(make_face(0)))}).json()
         rid = client.post(f"/{APP}", json=small_request(upload["url"], num_inference_steps=100,
-                                                        image_size={"width": 256, "height": 256})).json()["request_id"]
+                                                        image_size={"width": 512, "height": 512})).json()["request_id"]
     env = {"PHOTOMAKER_SERVER": live_server.url, "FAL_KEY": API_KEY}
     done = photomaker("cancel", rid, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
@@ -169,8 +169,9 @@ def test_generate_over_tls_trusts_the_certificate_from_ssl_cert_file(tmp_path, p
 
 
 def test_ctrl_c_cancels_the_request(tmp_path, photos, live_server):
-    args = ["generate", "--images", photos[0], "--prompt", "a photo of a man img", "--steps", "100", "--width", "256",
-            "--height", "256", "--server", live_server.url, "--key", API_KEY]
+    # 512px x 100 steps: long enough (many seconds even on an idle machine) to still be running at the Ctrl-C.
+    args = ["generate", "--images", photos[0], "--prompt", "a photo of a man img", "--steps", "100", "--width", "512",
+            "--height", "512", "--server", live_server.url, "--key", API_KEY]
     process = subprocess.Popen([sys.executable, "-m", "photomaker_server.cli", *args], cwd=tmp_path, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = process.stderr.readline()  # "request <id> submitted to <server>"

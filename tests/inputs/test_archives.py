@@ -78,7 +78,7 @@ def test_non_images_are_skipped_by_content_not_extension() -> None:
 
 def test_only_non_images_is_refused_with_what_was_found() -> None:
     data = make_zip([("notes.txt", b"hello"), ("readme.md", b"# hi")])
-    with pytest.raises(InputError, match=r"no usable photos \(found: notes.txt, readme.md\)"):
+    with pytest.raises(InputError, match=r"no usable photos \(notes.txt: not an image, readme.md: not an image\)"):
         extract_photos(data, LIMITS)
 
 

@@ -180,7 +180,7 @@ def _content_cases(api, local_http) -> list[tuple[str, dict, str]]:  # noqa: ANN
         ("zip without images", small(zipped(zip_bytes({"a.txt": b"hello", "b.pdf": b"%PDF-1.4 x"}))),
          "no usable photos"),
         ("zip of a zip", small(zipped(zip_bytes({"inner.zip": photos_zip(1)}))), "no usable photos"),
-        ("encrypted zip", small(zipped(_encrypted_zip())), "no usable photos"),
+        ("encrypted zip", small(zipped(_encrypted_zip())), "encrypted (password-protected"),
         ("zip bomb", small(zipped(_zip_bomb())), "zip bomb"),
         ("neither zip nor image", small(data_uri(b"hello world, I am text", "text/plain")), "neither a zip"),
         ("truncated image", small(data_uri(FACE_PNG[: len(FACE_PNG) // 2])), "truncated or corrupt"),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..engine.options import GenerationOptions, ImageSize
+from ..engine.options import GenerationOptions
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 _URL_HELP = "An http(s) URL, a data: URI, or a URL of this service's storage."
@@ -52,16 +52,6 @@ class PhotoMakerInput(GenerationOptions):
     @classmethod
     def _urls(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [_check_url(v) for v in value]
-
-    @field_validator("image_size")
-    @classmethod
-    def _pixel_limit(cls, value: ImageSize | str | None, info: ValidationInfo) -> ImageSize | str | None:
-        """The server's output pixel limit, checked on the field so the 422 names ``["body", "image_size"]``
-        (the options' own check is model-wide, and its error would carry no field for a form to point at)."""
-        limit = (info.context or {}).get("max_pixels")
-        if limit and isinstance(value, ImageSize) and value.width * value.height > limit:
-            raise ValueError(f"image_size is larger than this server's limit of {limit} pixels")
-        return value
 
 
 class Image(BaseModel):

@@ -47,6 +47,7 @@ def choose_placement(requested: str = "auto") -> Placement:
 
 
 CPU_WARNING = (
-    "Running on the CPU in float32. Full-size SDXL takes many minutes per image here "
-    "(about 40 s per denoising step at 1024x1024 on 8 cores); use a CUDA GPU for real work."
+    "Running on the CPU in float32. Full-size SDXL is very slow there: measured 6 s per denoising step at 256x256 on "
+    "2 cores, which extrapolates to over a minute and a half per step at 1024x1024 (docs/benchmarks.md). "
+    "Use a CUDA GPU for real work."
 )

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .styles import default_style, style_names
 
@@ -125,12 +125,13 @@ class GenerationOptions(BaseModel):
             raise ValueError(f"at most {limit} images per request on this server, got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _pixels(self, info: ValidationInfo) -> GenerationOptions:
+    @field_validator("image_size")
+    @classmethod
+    def _pixel_limit(cls, value: ImageSize | str | None, info: ValidationInfo) -> ImageSize | str | None:
         limit = _context(info, "max_pixels", None)
-        if limit and isinstance(self.image_size, ImageSize) and self.image_size.width * self.image_size.height > limit:
+        if limit and isinstance(value, ImageSize) and value.width * value.height > limit:
             raise ValueError(f"image_size is larger than this server's limit of {limit} pixels")
-        return self
+        return value
 
 
 def resolve_size(image_size: ImageSize | str | None, initial_image_size: tuple[int, int] | None) -> tuple[int, int]:

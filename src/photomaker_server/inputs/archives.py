@@ -160,8 +160,10 @@ def _extract(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
             f"{limits.max_photos} photos (in name order) are used"
         )
     if not photos:
-        listing = _names(found) if found else "no files"
-        raise InputError(f"the archive contains no usable photos (found: {listing})")
+        if skipped:  # say why each file was refused (encrypted, not an image, nested archive ...)
+            reasons = [line.removeprefix("skipped ") for line in skipped]
+            raise InputError(f"the archive contains no usable photos ({_names(reasons)})")
+        raise InputError(f"the archive contains no usable photos (found: {_names(found) if found else 'no files'})")
     return ArchiveContents(photos=photos, skipped=skipped)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -34,7 +35,11 @@ _OPTION_FIELDS = set(GenerationOptions.model_fields)
 
 
 class JobRun:
-    """One claimed job: logging into the store, lease renewal, and the cancel/lost flags the engine polls."""
+    """One claimed job: logging into the store, lease renewal, and the cancel/lost flags the engine polls.
+
+    Log lines go to the store from a writer thread, in order: a step's log line must never make the denoising
+    loop wait for the database's write lock (an API busy with submits can hold it for a while).
+    """
 
     def __init__(self, store: SQLJobStore, job: Job, worker_id: str, lease_s: float) -> None:
         self.store, self.job, self.worker_id, self.lease_s = store, job, worker_id, lease_s
@@ -42,14 +47,35 @@ class JobRun:
         self.lease_lost = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job.id[:8]}", daemon=True)
+        self._lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_logs, name=f"logs-{job.id[:8]}", daemon=True)
 
     def __enter__(self) -> JobRun:
         self._thread.start()
+        self._writer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._lines.put(None)
+        self._writer.join(timeout=30)
         self._done.set()
         self._thread.join(timeout=5)
+
+    def _write_logs(self) -> None:
+        while True:
+            item = self._lines.get()
+            try:
+                if item is None:
+                    return
+                self.store.append_log(self.job.id, *item)
+            except Exception:  # a log line is not worth a failed job
+                log.exception("could not store a log line of %s", self.job.id)
+            finally:
+                self._lines.task_done()
+
+    def flush(self) -> None:
+        """Wait until every line logged so far is in the store (before the job's status changes)."""
+        self._lines.join()
 
     def _renew(self) -> None:
         while not self._done.wait(self.lease_s / 3):
@@ -67,7 +93,7 @@ class JobRun:
         return self.cancelled.is_set() or self.lease_lost.is_set()
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self.store.append_log(self.job.id, message, level)
+        self._lines.put((message, level))
 
 
 class Worker:
@@ -142,6 +168,7 @@ class Worker:
             # Logged before the status flips: clients (and the SSE stream) stop reading logs at COMPLETED, so a
             # line written after it would be missed.
             run.log("Completed")
+            run.flush()
             self.store.complete(job.id, self.worker_id, result, inference_time)
 
     def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
@@ -220,6 +247,7 @@ class Worker:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
         run.log(message, "ERROR")
+        run.flush()
         self.store.fail(job.id, self.worker_id, message, error_type)
 
 
