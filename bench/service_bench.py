@@ -716,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # (f) open SSE streams on waiting jobs: what they cost the API while nothing changes (short, then long queue)
         def streams_phase(label: str) -> None:
+            if args.stream_seconds <= 0:  # 0: skip, like the other phases
+                return
             with paused(pids["worker"], db, args.pause_worker):
                 waiting = queued_ids(server, 200)
                 queue_length = count_jobs(server).get("queued")

@@ -238,6 +238,19 @@ def test_claim_itself_recovers_expired_leases(store, clock):
     assert again.id == job.id and again.attempts == 2
 
 
+def test_has_work_sees_queued_jobs_and_expired_leases_only(store, clock):
+    assert not store.has_work()
+    job = submit(store)
+    assert store.has_work()
+    store.claim("w1", 10)
+    assert not store.has_work(), "a running job with a live lease is nobody else's work"
+    clock.advance(11)
+    assert store.has_work(), "an expired lease is work: claim() requeues it"
+    assert store.claim("w2", 10).id == job.id
+    store.complete(job.id, "w2", {"images": []})
+    assert not store.has_work()
+
+
 def test_expired_lease_of_a_cancelled_job_completes_it_as_cancelled(store, clock):
     job = submit(store, max_attempts=3)
     store.claim("w1", 10)

@@ -211,6 +211,8 @@ class JobStore(Protocol):
 
     def queue_position(self, job: Job) -> int: ...
 
+    def has_work(self) -> bool: ...
+
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None: ...
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState: ...
@@ -655,6 +657,25 @@ class SQLJobStore:
             return int(conn.execute(query).scalar_one())
 
     # -- the worker side --
+
+    def has_work(self) -> bool:
+        """Whether :meth:`claim` could find anything: a queued job, or a running one whose lease has expired.
+
+        A read, so an idle worker can look often without taking the database's write lock each time (which
+        :meth:`claim` must, and which the API needs for every submit)."""
+        now = self._clock()
+        with self._read() as conn:
+            found = conn.execute(
+                sa.select(jobs.c.id)
+                .where(
+                    sa.or_(
+                        jobs.c.status == JobStatus.QUEUED.value,
+                        sa.and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now),
+                    )
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
         """Atomically take the next runnable job (highest priority, oldest first) and lease it to ``worker_id``.

@@ -30,7 +30,8 @@ from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
 from .store import CANCELLED_ERROR, Job, SQLJobStore
 
 log = logging.getLogger(__name__)
-IDLE_POLL_S = 0.2
+#: How often an idle worker looks for work; a cheap read (``has_work``), so it can be short.
+IDLE_POLL_S = 0.05
 _OPTION_FIELDS = set(GenerationOptions.model_fields)
 
 
@@ -142,7 +143,7 @@ class Worker:
         self.load()
         try:
             while not self.stop.is_set():
-                job = self.store.claim(self.worker_id, self.settings.lease_seconds)
+                job = self.store.claim(self.worker_id, self.settings.lease_seconds) if self.store.has_work() else None
                 if job is None:
                     self.stop.wait(IDLE_POLL_S)
                     continue
