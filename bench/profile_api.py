@@ -25,7 +25,6 @@ import io
 import json
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
