@@ -31,7 +31,13 @@ class LiveServer:
         self.port = free_port()
         self.tls = tls
         self.extra_args = extra_args or []
-        self.env = {**os.environ, "PHOTOMAKER_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        # API_KEY is the data dir's local key (what the web page and CLI pick up); OTHER_KEY is configured.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir / "api-key"
+        if not key_file.exists():
+            key_file.write_text(API_KEY + "\n")
+            key_file.chmod(0o600)
+        self.env = {**os.environ, "PHOTOMAKER_API_KEYS": OTHER_KEY,
                     "PHOTOMAKER_FETCH_ALLOW": "127.0.0.1", "PHOTOMAKER_LEASE_SECONDS": "3", **(env or {})}
         models = self.data_dir / "models"
         models.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from .settings import Settings
 #: CLI flag → Settings field, for the flags that configure the model or the server.
 _SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
-    "device", "trigger_word", "tls", "tls_cert", "tls_key", "max_resident_bases", "demo_fallback", "log_format",
+    "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format",
 )
 
 
@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings_from_args(args), run_worker=not args.no_worker)
         if args.command == "worker":
             from .jobs.worker import run_worker
+            from .server import with_demo_fallback
 
-            run_worker(settings_from_args(args))
+            run_worker(with_demo_fallback(settings_from_args(args)))
             return 0
         from .client import cancel_request, show_status
 

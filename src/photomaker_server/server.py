@@ -122,12 +122,14 @@ def ensure_tls(settings: Settings) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _banner(settings: Settings, key_generated: bool, key: str, cert: Path | None) -> None:
+def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path | None) -> None:
     from .engine.demo import DEMO_WARNING
 
     lines = [f"PhotoMaker server on {settings.base_url}  (web page: {settings.base_url}/, API docs: {settings.base_url}/docs)"]
-    if key_generated:
-        lines.append(f"API key (generated, stored in {settings.data_dir / 'api-key'}): {key}")
+    if key_generated:  # printed once, when created; later starts only say where it is
+        lines.append(f"API key (generated now, stored in {settings.data_dir / 'api-key'}): {key}")
+    elif key:
+        lines.append(f"API key: in {settings.data_dir / 'api-key'}")
     if cert is not None:
         lines.append(f"TLS certificate: {cert}  (clients: SSL_CERT_FILE={cert})")
     if settings.tiny:
@@ -136,7 +138,7 @@ def _banner(settings: Settings, key_generated: bool, key: str, cert: Path | None
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _with_demo_fallback(settings: Settings) -> Settings:
+def with_demo_fallback(settings: Settings) -> Settings:
     """Real weights unreachable (offline, no local copy): start on the tiny model rather than not at all."""
     if settings.tiny:
         return settings
@@ -157,12 +159,12 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
     from .api.app import build_context, create_app
 
     configure_logging(settings.log_format, "api")
-    settings = _with_demo_fallback(settings)
+    settings = with_demo_fallback(settings)
     cert = key = None
     if settings.tls:
         cert, key = ensure_tls(settings)
     ctx = build_context(settings)
-    _banner(settings, ctx.keys.generated, ctx.keys.local_key, cert)
+    _banner(settings, ctx.keys.created, ctx.keys.local_key, cert)
     supervisor = WorkerSupervisor(settings) if run_worker else None
     if supervisor:
         supervisor.start()

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
             return self.public_base_url.rstrip("/")
         scheme = "https" if self.tls else "http"
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:  # an IPv6 literal needs brackets in a URL
+            host = f"[{host.strip('[]')}]"
         return f"{scheme}://{host}:{self.port}"
 
     @property

@@ -27,6 +27,15 @@ def test_cleanup_removes_old_results_and_their_files(tmp_path):
     now[0] += 2 * 3600  # two hours later: past the one-hour TTL
     new_job, new_file = finished_job()
 
+    old_upload = storage.put(b"an uploaded zip", "application/zip", "faces.zip")
+    import os
+
+    for path in storage.path_for(old_upload.key).parent.iterdir():  # uploaded two hours ago
+        os.utime(path, (now[0] - 2 * 3600, now[0] - 2 * 3600))
+    fresh_upload = storage.put(b"a fresh zip", "application/zip", "faces.zip")
+
     assert keeper.cleanup() == 1
     assert store.get(old_job) is None and storage.read(old_file) is None
     assert store.get(new_job) is not None and storage.read(new_file) == b"png bytes"
+    assert storage.read(old_upload.key) is None, "uploads nobody's result names expire with the TTL too"
+    assert storage.read(fresh_upload.key) == b"a fresh zip"

@@ -264,7 +264,10 @@ def test_strict_server_refuses_loopback_in_every_spelling_without_connecting(str
             f"http://2130706433:{port}/face.png", f"http://127.1:{port}/face.png",
             f"http://0177.0.0.1:{port}/face.png", f"http://0x7f.0.0.1:{port}/face.png"]
     ids = [api.submit(small(url)) for url in urls]
-    hook = api.submit(small(data_uri(b"broken")), params={"fal_webhook": f"http://127.0.0.1:{port}/hook/strict"})
+    # A literal loopback webhook is refused at submit; a *name* that resolves to loopback is refused at delivery.
+    literal = api.submit_response(small(data_uri(b"broken")), params={"fal_webhook": f"http://127.0.0.1:{port}/hook"})
+    assert literal.status_code == 400 and "loopback" in literal.json()["detail"], literal.text
+    hook = api.submit(small(data_uri(b"broken")), params={"fal_webhook": f"http://localhost:{port}/hook/strict"})
     for url, request_id in zip(urls, ids):
         final = api.wait(request_id)
         assert final["error_type"] == "input_error", (url, final)

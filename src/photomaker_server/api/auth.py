@@ -24,23 +24,51 @@ def owner_id(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def load_or_create_local_key(data_dir: Path) -> str:
+def load_or_create_local_key(data_dir: Path) -> tuple[str, bool]:
+    """(key, whether it was created now). Safe when several processes start at once: the file appears whole
+    (written aside, then hard-linked into place) and the loser of a race reads the winner's key."""
     path = data_dir / KEY_FILE
     if path.is_file():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     data_dir.mkdir(parents=True, exist_ok=True)
     key = "pm_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
-    return key
+    try:
+        os.link(tmp, path)
+        return key, True
+    except FileExistsError:
+        return path.read_text().strip(), False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time comparison that also accepts non-ASCII input (``compare_digest`` on str raises for it)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
 
 
 class KeyRing:
+    """Accepted keys: the configured ones, plus the *local key* in ``<data dir>/api-key`` when that file exists.
+
+    The local key is what the CLI and the web page on this machine pick up. It is generated when no key is
+    configured; an operator who configures keys gets no local key unless they put one in that file.
+    """
+
     def __init__(self, settings: Settings) -> None:
-        self.generated = not settings.api_keys
-        self.keys = list(settings.api_keys) or [load_or_create_local_key(settings.data_dir)]
-        self.local_key = self.keys[0]
+        configured = list(settings.api_keys)
+        path = settings.data_dir / KEY_FILE
+        self.created = False
+        if path.is_file():
+            local: str | None = path.read_text().strip() or None
+        elif not configured:
+            local, self.created = load_or_create_local_key(settings.data_dir)
+        else:
+            local = None
+        self.local_key = local
+        self.keys = configured + ([local] if local and local not in configured else [])
 
     def owner_for(self, authorization: str | None) -> str | None:
         if not authorization:
@@ -49,12 +77,12 @@ class KeyRing:
         if scheme.lower() not in ("key", "bearer") or not key:
             return None
         key = key.strip()
-        if any(hmac.compare_digest(key, known) for known in self.keys):
+        if any(_same(key, known) for known in self.keys):
             return owner_id(key)
         return None
 
 
-async def require_owner(request: Request) -> str:
+def require_owner(request: Request) -> str:
     """FastAPI dependency: the owner id of a valid key, else 401 in fal's error shape.
 
     Async on purpose: it does no I/O, and a sync dependency would cost every request a thread-pool hop."""

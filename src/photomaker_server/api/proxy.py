@@ -29,8 +29,11 @@ def _is_fal_host(host: str) -> bool:
 
 def map_target(target: str) -> tuple[str, str] | None:
     """(path, query) on this server for a fal URL, or None when it is not one of this service's endpoints."""
-    parts = urlsplit(target)
-    host, path = (parts.hostname or "").lower(), parts.path.rstrip("/") or "/"
+    try:
+        parts = urlsplit(target)
+        host, path = (parts.hostname or "").lower(), parts.path.rstrip("/") or "/"
+    except ValueError:  # e.g. an unclosed IPv6 bracket: not a URL we route
+        return None
     if parts.scheme not in ("http", "https") or not _is_fal_host(host):
         return None
     if host.startswith("queue."):

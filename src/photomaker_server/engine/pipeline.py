@@ -9,7 +9,7 @@
 
 The SDXL components (text encoders, UNet, VAE, scheduler) are a loaded diffusers ``StableDiffusionXLPipeline``
 with PhotoMaker's LoRA fused into its UNet; this file only orchestrates them. Algorithm facts and the reasons behind
-them: ``docs/photomaker.md``.
+them: ``docs/engine.md``.
 """
 
 from __future__ import annotations

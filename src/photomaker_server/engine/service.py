@@ -23,7 +23,7 @@ from PIL import Image
 
 from .checkpoint import PhotoMakerCheckpoint, build_id_encoder, read_checkpoint
 from .devices import CPU_WARNING, Placement, choose_placement
-from .errors import InvalidRequest
+from .errors import InvalidRequest, WeightsUnavailable
 from .id_cache import IDEmbeddingCache
 from .id_encoder import PhotoMakerIDEncoder
 from .options import GenerationOptions, resolve_size
@@ -185,7 +185,10 @@ class Engine:
         else:
             expected = (self._id_encoder.id_config.projection_dim, self._id_encoder.id_config.projection_dim_2)
             if expected != widths:
-                raise InvalidRequest(f"base model {location} has text widths {widths}, the ID encoder {expected}")
+                raise WeightsUnavailable(  # a deployment problem, not the user's
+                    f"base model {location} has text widths {widths}, but the PhotoMaker ID encoder projects to "
+                    f"{expected}: the checkpoint does not fit this base model"
+                )
         return PhotoMakerPipeline(sdxl, self._id_encoder, self.config.trigger_word, self.id_cache)
 
     def _read_checkpoint(self) -> PhotoMakerCheckpoint:

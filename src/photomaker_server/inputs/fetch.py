@@ -293,7 +293,8 @@ def _parse_http_url(url: str) -> _Target:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _allowed(host: str, address: IPAddress | None, allow: list[str]) -> bool:
+def is_allow_listed(host: str, address: IPAddress | None, allow: list[str]) -> bool:
+    """Whether the operator exempted ``host`` (by name) or ``address`` (by CIDR) from the address check."""
     for entry in allow:
         entry = entry.strip().lower()
         if not entry:
@@ -339,7 +340,7 @@ def resolve_checked(host: str, port: int, allow: list[str]) -> list[IPAddress]:
         if not addresses:
             raise InputError(f"the host name {host!r} could not be resolved")
     for address in addresses:
-        if _allowed(host, address, allow):
+        if is_allow_listed(host, address, allow):
             continue
         problem = address_problem(address)
         if problem:

@@ -1,8 +1,9 @@
-"""Background upkeep of the queue, run by the API process in one thread.
+"""Background upkeep of the queue, run by the API process in two threads (upkeep, webhooks).
 
-Every tick: jobs whose worker died go back to the queue (or fail after ``max_attempts``), queued jobs past their
-start deadline fail with ``request_timeout``, and due webhooks are delivered. Every minute: finished jobs older than
-the retention time are deleted together with their output files.
+Every tick: jobs whose worker died go back to the queue (or fail after ``max_attempts``) and queued jobs past their
+start deadline fail with ``request_timeout``. Every minute: finished jobs older than the retention time are deleted
+together with their output files, and so are stored files (uploads) older than it. Due webhooks are delivered by a
+thread of their own.
 """
 
 from __future__ import annotations
@@ -33,14 +34,13 @@ class Housekeeper:
             http_post=lambda url, body, headers, timeout: safe_post(url, body, headers, timeout, policy),
             max_attempts=settings.webhook_max_attempts,
         )
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._last_cleanup = 0.0
 
     def tick(self) -> None:
         for job_id in self.store.requeue_expired_leases():
             log.warning("worker lost while running %s; requeued or failed", job_id)
         self.store.expire_deadlines()
-        self.webhooks.run_once()
         if time.time() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.time()
             self.cleanup()
@@ -53,6 +53,7 @@ class Housekeeper:
                 if key:
                     self.storage.delete(key)
         self.storage.purge_uploads()
+        self.storage.delete_older_than(self.settings.result_ttl_hours * 3600)  # uploaded inputs, too
         return len(removed)
 
     def _run(self, stop: threading.Event) -> None:
@@ -64,9 +65,14 @@ class Housekeeper:
             stop.wait(TICK_S)
 
     def start(self, stop: threading.Event) -> None:
-        self._thread = threading.Thread(target=self._run, args=(stop,), name="housekeeping", daemon=True)
-        self._thread.start()
+        # Webhooks get their own thread: slow receivers (15 s timeouts) must not hold up lease recovery.
+        self._threads = [
+            threading.Thread(target=self._run, args=(stop,), name="housekeeping", daemon=True),
+            threading.Thread(target=self.webhooks.run_forever, args=(stop, TICK_S), name="webhooks", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def join(self) -> None:
-        if self._thread:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)

@@ -6,7 +6,7 @@ fal's contract, which existing receivers already implement and which we therefor
 * Signature: Ed25519 over the UTF-8 text ``f"{request_id}\\n{user_id}\\n{timestamp}\\n{sha256_hex(body)}"``, hex
   encoded in ``X-Fal-Webhook-Signature``, next to ``X-Fal-Webhook-Request-Id``, ``-User-Id`` and
   ``-Timestamp`` (epoch seconds). Receivers check the timestamp within ±300 s and try every key of a JWKS.
-  Our JWKS is served by the API (the lead decides the path); the private key lives in the data directory.
+  Our JWKS is served by the API at ``/.well-known/jwks.json``; the private key lives in the data directory.
 * Retries: 10 attempts over about two hours (:func:`backoff_schedule`).
 
 Deliveries come from the job store's outbox (``webhook_deliveries``), so they survive restarts, and the

@@ -32,6 +32,8 @@ from .store import CANCELLED_ERROR, Job, SQLJobStore
 log = logging.getLogger(__name__)
 #: How often an idle worker looks for work; a cheap read (``has_work``), so it can be short.
 IDLE_POLL_S = 0.05
+#: How often a running job looks for a cancel request (a read; the lease is renewed less often).
+CANCEL_POLL_S = 0.5
 _OPTION_FIELDS = set(GenerationOptions.model_fields)
 
 
@@ -79,15 +81,24 @@ class JobRun:
         self._lines.join()
 
     def _renew(self) -> None:
-        while not self._done.wait(self.lease_s / 3):
+        """Renew the lease every third of its length; in between, look for a cancel request every
+        ``CANCEL_POLL_S`` with a plain read, so a cancelled job stops within about a step, not a lease period."""
+        renewed = time.monotonic()
+        while not self._done.wait(min(CANCEL_POLL_S, self.lease_s / 3)):
             try:
-                state = self.store.renew_lease(self.job.id, self.worker_id, self.lease_s)
+                if time.monotonic() - renewed >= self.lease_s / 3:
+                    state = self.store.renew_lease(self.job.id, self.worker_id, self.lease_s)
+                    renewed = time.monotonic()
+                    if not state.held:
+                        self.lease_lost.set()
+                    cancel = state.cancel_requested
+                else:
+                    job = self.store.get(self.job.id, with_input=False)
+                    cancel = bool(job and job.cancel_requested)
             except Exception:  # a busy database: try again next period (the lease has slack)
-                log.exception("lease renewal failed")
+                log.exception("lease renewal or cancel check failed")
                 continue
-            if not state.held:
-                self.lease_lost.set()
-            if state.cancel_requested:
+            if cancel:
                 self.cancelled.set()
 
     def should_stop(self) -> bool:
@@ -143,11 +154,15 @@ class Worker:
         self.load()
         try:
             while not self.stop.is_set():
-                job = self.store.claim(self.worker_id, self.settings.lease_seconds) if self.store.has_work() else None
-                if job is None:
-                    self.stop.wait(IDLE_POLL_S)
-                    continue
-                self.process(job)
+                try:
+                    job = self.store.claim(self.worker_id, self.settings.lease_seconds) if self.store.has_work() else None
+                    if job is None:
+                        self.stop.wait(IDLE_POLL_S)
+                        continue
+                    self.process(job)
+                except Exception:  # the database was busy or broke: keep the model loaded and try again
+                    log.exception("store error; retrying in a second (an unfinished job returns when its lease expires)")
+                    self.stop.wait(1.0)
         finally:
             remove_status(self.settings.data_dir, self.worker_id)
             self.store.close()
@@ -179,7 +194,10 @@ class Worker:
         if self.load_error:
             raise _JobError(self.load_error, "runner_server_error")
         payload = job.input
-        options = GenerationOptions.model_validate({k: v for k, v in payload.items() if k in _OPTION_FIELDS})
+        options = GenerationOptions.model_validate(
+            {k: v for k, v in payload.items() if k in _OPTION_FIELDS},
+            context={"trigger_word": self.settings.trigger_word, "max_num_images": self.settings.max_num_images},
+        )
         photos, initial = self.inputs.load(payload, run.log)
 
         step_started = [time.perf_counter()]
@@ -233,7 +251,8 @@ class Worker:
                 "width": image.width, "height": image.height}
 
     def _fail(self, job: Job, run: JobRun, exc: Exception) -> None:
-        from ..engine.errors import GenerationCancelled
+        from ..engine.checkpoint import CheckpointError
+        from ..engine.errors import GenerationCancelled, WeightsUnavailable
 
         if run.lease_lost.is_set():
             log.warning("lost the lease on %s; another worker will run it", job.id)
@@ -244,6 +263,8 @@ class Worker:
             message, error_type = str(exc), exc.error_type
         elif isinstance(exc, InputError):
             message, error_type = str(exc), "input_error"
+        elif isinstance(exc, (WeightsUnavailable, CheckpointError)):
+            message, error_type = f"The model could not be loaded: {exc}", "weights_unavailable"
         else:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"

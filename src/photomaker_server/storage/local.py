@@ -206,6 +206,22 @@ class LocalStorage:
         if directory.is_dir() and not directory.is_symlink():
             shutil.rmtree(directory, ignore_errors=True)
 
+    def delete_older_than(self, seconds: float) -> int:
+        """Remove every stored file (uploads and outputs alike) last written more than ``seconds`` ago.
+
+        Outputs are also removed with their request; this catches what no request names: uploaded inputs.
+        Returns how many token directories went."""
+        cutoff = self._clock() - seconds
+        removed = 0
+        for directory in self.root.iterdir():
+            if not _TOKEN_RE.fullmatch(directory.name) or not directory.is_dir() or directory.is_symlink():
+                continue
+            newest = max((f.stat().st_mtime for f in directory.iterdir()), default=directory.stat().st_mtime)
+            if newest < cutoff:
+                self.delete_prefix(directory.name)
+                removed += 1
+        return removed
+
     # -- one-time signed uploads (fal's storage/upload/initiate) --
 
     def _sign(self, upload_id: str, token: str, name: str, expires_at: int) -> str:
@@ -250,7 +266,7 @@ class LocalStorage:
         except (OSError, ValueError, KeyError, TypeError):
             raise UploadError("not_found", "Unknown upload URL") from None
         expected = self._sign(upload_id, token, name, expires_at)
-        if not isinstance(sig, str) or not hmac.compare_digest(expected, sig):
+        if not isinstance(sig, str) or not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogateescape")):
             raise UploadError("bad_signature", "The upload URL's signature is not valid")
         if self._clock() > expires_at:
             raise UploadError("expired", "The upload URL has expired")

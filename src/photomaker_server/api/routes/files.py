@@ -79,7 +79,7 @@ def _sign_token(ctx, owner: str, expires_at: int) -> str:  # noqa: ANN001
 def _verify_token(ctx, token: str) -> str | None:  # noqa: ANN001
     payload, _, mac = token.partition(".")
     expected = hmac.new(ctx.token_secret, payload.encode(), hashlib.sha256).hexdigest()
-    if not mac or not hmac.compare_digest(mac, expected):
+    if not mac or not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected.encode()):
         return None
     try:
         owner, expires_at, _ = json.loads(base64.urlsafe_b64decode(payload.encode()))

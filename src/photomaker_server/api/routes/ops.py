@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from importlib import resources
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -15,7 +16,7 @@ from ...jobs.status import INFERENCE_BUCKETS, read_statuses
 from ...settings import APP_ID
 
 router = APIRouter(tags=["operations"])
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def _ctx(request: Request):  # noqa: ANN202
@@ -106,23 +107,29 @@ def jwks(request: Request) -> dict:
     return _ctx(request).signer.jwks()
 
 
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
 def _is_local(request: Request) -> bool:
-    """Loopback peer *and* a loopback Host header (the latter defeats DNS-rebinding pages)."""
+    """A page opened on this machine: loopback peer, loopback ``Host`` (defeats DNS rebinding), and no sign of a
+    reverse proxy in front (a proxy on the same machine would make every remote visitor look local)."""
     client = request.client.host if request.client else ""
     try:
         loopback = ipaddress.ip_address(client).is_loopback
     except ValueError:
         loopback = False
-    host = (request.headers.get("host") or "").rsplit(":", 1)[0] if "]" not in (request.headers.get("host") or "") \
-        else (request.headers.get("host") or "").split("]")[0] + "]"
-    return loopback and host in LOCAL_HOSTS
+    host = urlsplit(f"//{request.headers.get('host') or ''}").hostname or ""
+    proxied = any(name in request.headers for name in _FORWARDING_HEADERS)
+    return loopback and not proxied and host in LOCAL_HOSTS
 
 
-@router.get("/api/local-key", summary="The server's own key, for pages opened on this machine")
+@router.get("/api/local-key", summary="The server's generated key, for pages opened on this machine")
 def local_key(request: Request) -> dict:
-    if not _is_local(request):
-        raise HTTPException(403, "The local key is only given to pages opened from localhost")
-    return {"key": _ctx(request).keys.local_key}
+    ctx = _ctx(request)
+    if ctx.keys.local_key is None or ctx.settings.public_base_url or not _is_local(request):
+        raise HTTPException(403, "The local key is only given to pages opened from localhost on a server with a "
+                                 "generated key; type your key instead")
+    return {"key": ctx.keys.local_key}
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

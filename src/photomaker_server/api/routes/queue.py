@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from ...inputs.fetch import address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
@@ -82,14 +83,23 @@ def _priority(request: Request) -> int:
         raise HTTPException(400, f"X-Fal-Queue-Priority must be low, normal or high, got {raw!r}") from None
 
 
-def _webhook(url: str | None) -> str | None:
+def _webhook(url: str | None, allow: list[str]) -> str | None:
     if not url:
         return None
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host:
         raise HTTPException(400, "fal_webhook must be an absolute http(s) URL")
+    # A literal address we would refuse at delivery anyway: say so now rather than after ten tries over two hours.
+    address = parse_literal_ip(host)
+    problem = address_problem(address) if address is not None else None
+    if problem and not is_allow_listed(host, address, allow):
+        raise HTTPException(400, f"fal_webhook points at {problem}, which this server does not call")
     return url
 
 
@@ -104,7 +114,7 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         data.model_dump(mode="json", exclude_none=True),
         priority=_priority(request),
         start_deadline=_start_deadline(request),
-        webhook_url=_webhook(webhook_url),
+        webhook_url=_webhook(webhook_url, ctx.settings.fetch_allow),
         max_attempts=ctx.settings.max_attempts,
     )
 
