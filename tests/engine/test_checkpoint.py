@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from photomaker_server.engine.checkpoint import CheckpointError, build_id_encoder, read_checkpoint, save_checkpoint
-from photomaker_server.engine.id_encoder import V1_VISION, IDEncoderConfig, PhotoMakerIDEncoder
+from photomaker_server.engine.id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_v1_architecture_keys_and_size():
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - 326.3e6) < 0.1e6, params
     config = IDEncoderConfig.from_state_dict({k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()})
-    assert config == IDEncoderConfig() and V1_VISION["num_hidden_layers"] == config.num_hidden_layers
+    assert config == IDEncoderConfig() and (config.num_hidden_layers, config.hidden_size) == (24, 1024)
 
 
 def _damaged(tmp_path, tensors, change, name="bad.bin"):

@@ -18,22 +18,13 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-#: The published v1 checkpoint's tower: ViT-L/14 at 224 px.
-V1_VISION = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_attention_heads=16,
-    num_hidden_layers=24,
-    patch_size=14,
-    image_size=224,
-    projection_dim=768,
-    hidden_act="quick_gelu",
-)
 HEAD_DIM = 64
 
 
 @dataclass(frozen=True)
 class IDEncoderConfig:
+    """Defaults: the published v1 checkpoint's tower, CLIP ViT-L/14 at 224 px."""
+
     hidden_size: int = 1024
     intermediate_size: int = 4096
     num_attention_heads: int = 16
