@@ -172,8 +172,11 @@ def test_ctrl_c_cancels_the_request(tmp_path, photos, live_server):
     # 512px x 100 steps: long enough (many seconds even on an idle machine) to still be running at the Ctrl-C.
     args = ["generate", "--images", photos[0], "--prompt", "a photo of a man img", "--steps", "100", "--width", "512",
             "--height", "512", "--server", live_server.url, "--key", API_KEY]
+    # Ctrl-C as a terminal delivers it: a test run started in the background (nohup ... &) ignores SIGINT, and a
+    # child would inherit that, so the child gets the default disposition back.
     process = subprocess.Popen([sys.executable, "-m", "photomaker_server.cli", *args], cwd=tmp_path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = process.stderr.readline()  # "request <id> submitted to <server>"
     assert first.startswith("request ") and " submitted to " in first, first
     rid = first.split()[1]
