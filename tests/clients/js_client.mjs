@@ -76,7 +76,8 @@ out.subscribe_streaming = await attempt(async () => {
   const updates = [];
   const dataUri = `data:image/png;base64,${face.toString("base64")}`;
   const result = await fal.subscribe(APP, {
-    input: small(dataUri, { seed: 7 }),
+    // 60 steps (~1 s): long enough that the stream reports IN_PROGRESS between polls, even on an idle machine.
+    input: small(dataUri, { seed: 7, num_inference_steps: 60 }),
     logs: true,
     mode: "streaming",
     onQueueUpdate: (u) => updates.push({ status: u.status, logs: (u.logs ?? []).map((l) => l.message) }),
