@@ -25,12 +25,17 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/photomaker serve $(SERVE_ARGS)
 
-# The official JS client (npm) and a real Chromium for the browser test.
+# The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples.
 test-deps: $(STAMP)
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@missing=""; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
+	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages for the browser and docs tests:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi
 
 test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

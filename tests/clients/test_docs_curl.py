@@ -23,8 +23,8 @@ def curl_block() -> str:
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
 def test_the_curl_examples_work_as_written(tmp_path, live_server, face_png):
+    assert shutil.which("curl") and shutil.which("jq"), "the documented examples use curl and jq (`make test-deps`)"
     shutil.copy(face_png, tmp_path / "face.png")
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", curl_block()], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "SERVER": live_server.url, "KEY": API_KEY})

@@ -28,9 +28,9 @@ CLIENTS_DIR = Path(__file__).parent
 def js(live_server, face_png, server_log):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed (the machine's Node.js runs the official JS client)")
     if not (CLIENTS_DIR / "node_modules" / "@fal-ai" / "client").is_dir():
-        pytest.skip("@fal-ai/client is not installed: run `npm ci` in tests/clients")
+        pytest.fail("@fal-ai/client is not installed: `make test-deps` runs `npm ci` in tests/clients")
     log = server_log(live_server)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
     env.update(PM_URL=live_server.url, PM_KEY=API_KEY, PM_FACE=str(face_png))

@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -24,23 +23,12 @@ from ..settings import Settings
 from ..storage.local import LocalStorage
 from . import errors
 from .auth import KeyRing
+from .context import AppContext
 from .proxy import FalProxyMiddleware
 from .routes import files, ops, queue
 from .schemas import PhotoMakerInput
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppContext:
-    settings: Settings
-    store: JobStore
-    storage: LocalStorage
-    keys: KeyRing
-    signer: WebhookSigner
-    token_secret: bytes
-    demo_warning: str | None = None
-    housekeeper: Housekeeper | None = field(default=None, repr=False)
 
 
 def _secret(path: Path) -> bytes:

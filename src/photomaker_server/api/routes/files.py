@@ -24,16 +24,13 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from ...storage.base import UploadError
 from ..auth import require_owner
+from ..context import get_ctx
 from ..errors import error_response
 from ..schemas import UploadedFile, UploadInitiate, UploadInitiated
 
 router = APIRouter(tags=["storage"])
 TOKEN_TTL_S = 3600
 _UPLOAD_ERROR_STATUS = {"not_found": 404, "bad_signature": 403, "expired": 410, "used": 409, "too_large": 413}
-
-
-def _ctx(request: Request):  # noqa: ANN202
-    return request.app.state.ctx
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -54,13 +51,13 @@ async def read_capped(request: Request, limit: int) -> bytes:
 def initiate_upload(
     request: Request, body: UploadInitiate, owner: Annotated[str, Depends(require_owner)]
 ) -> UploadInitiated:
-    upload_url, file_url = _ctx(request).storage.create_upload(body.content_type, body.file_name)
+    upload_url, file_url = get_ctx(request).storage.create_upload(body.content_type, body.file_name)
     return UploadInitiated(upload_url=upload_url, file_url=file_url)
 
 
 @router.put("/storage/upload/{upload_id}", summary="Upload to a signed URL (no key needed)")
 async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONResponse:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     data = await read_capped(request, ctx.settings.max_download_bytes)
     try:
         stored = ctx.storage.accept_upload(upload_id, sig, data)
@@ -90,7 +87,7 @@ def _verify_token(ctx, token: str) -> str | None:  # noqa: ANN001
 
 @router.post("/storage/auth/token", summary="A short-lived upload token (fal's Python client)")
 def storage_token(request: Request, owner: Annotated[str, Depends(require_owner)]) -> dict:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     expires_at = int(time.time()) + TOKEN_TTL_S
     return {
         "token": _sign_token(ctx, owner, expires_at),
@@ -102,7 +99,7 @@ def storage_token(request: Request, owner: Annotated[str, Depends(require_owner)
 
 @router.post("/files/upload", summary="Upload raw bytes with an upload token (fal's Python client)")
 async def upload_with_token(request: Request) -> dict:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     owner = _verify_token(ctx, token.strip()) if scheme.lower() == "bearer" else None
     if owner is None and ctx.keys.owner_for(request.headers.get("authorization")) is None:
@@ -118,7 +115,7 @@ async def upload_with_token(request: Request) -> dict:
 async def upload_multipart(
     request: Request, file: Annotated[UploadFile, File()], owner: Annotated[str, Depends(require_owner)]
 ) -> UploadedFile:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     limit = ctx.settings.max_download_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
@@ -129,7 +126,7 @@ async def upload_multipart(
 
 @router.get("/files/{token}/{name}", summary="A stored file", response_class=FileResponse)
 def get_file(token: str, name: str, request: Request) -> FileResponse:
-    storage = _ctx(request).storage
+    storage = get_ctx(request).storage
     path: Path | None = storage.path_for(f"{token}/{name}")
     info = storage.info(f"{token}/{name}") if path else None
     if path is None or info is None:

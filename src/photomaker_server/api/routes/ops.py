@@ -14,13 +14,10 @@ from ...engine.options import IMAGE_SIZE_PRESETS
 from ...engine.styles import default_style, style_names
 from ...jobs.status import INFERENCE_BUCKETS, read_statuses
 from ...settings import APP_ID
+from ..context import get_ctx
 
 router = APIRouter(tags=["operations"])
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
-
-
-def _ctx(request: Request):  # noqa: ANN202
-    return request.app.state.ctx
 
 
 def _workers(ctx) -> list:  # noqa: ANN001
@@ -29,7 +26,7 @@ def _workers(ctx) -> list:  # noqa: ANN001
 
 @router.get("/health", summary="Liveness, and what this server runs")
 def health(request: Request) -> dict:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     workers = _workers(ctx)
     demo = ctx.demo_warning
     return {
@@ -54,7 +51,7 @@ def health(request: Request) -> dict:
 
 @router.get("/ready", summary="Ready when a worker has its model loaded")
 def ready(request: Request) -> JSONResponse:
-    workers = _workers(_ctx(request))
+    workers = _workers(get_ctx(request))
     is_ready = any(w.state == "ready" for w in workers)
     body = {"ready": is_ready, "workers": [{"state": w.state, "detail": w.detail} for w in workers]}
     return JSONResponse(body, status_code=200 if is_ready else 503)
@@ -62,7 +59,7 @@ def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> PlainTextResponse:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     counts = ctx.store.counts()
     outcomes = ctx.store.outcomes()
     workers = _workers(ctx)
@@ -104,7 +101,7 @@ def metrics(request: Request) -> PlainTextResponse:
 
 @router.get("/.well-known/jwks.json", summary="Public keys that sign webhooks")
 def jwks(request: Request) -> dict:
-    return _ctx(request).signer.jwks()
+    return get_ctx(request).signer.jwks()
 
 
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
@@ -125,7 +122,7 @@ def _is_local(request: Request) -> bool:
 
 @router.get("/api/local-key", summary="The server's generated key, for pages opened on this machine")
 def local_key(request: Request) -> dict:
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     if ctx.keys.local_key is None or ctx.settings.public_base_url or not _is_local(request):
         raise HTTPException(403, "The local key is only given to pages opened from localhost on a server with a "
                                  "generated key; type your key instead")

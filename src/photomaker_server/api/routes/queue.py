@@ -20,6 +20,7 @@ from ...inputs.fetch import address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
+from ..context import get_ctx
 from ..errors import ERROR_STATUS, error_response, validation_response
 from ..schemas import PhotoMakerInput, PhotoMakerOutput, QueueStatus, QueueSubmitted
 
@@ -27,10 +28,6 @@ router = APIRouter(tags=["queue"])
 INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
 STREAM_POLL_S = 0.1
 KEEPALIVE_S = 10.0
-
-
-def _ctx(request: Request):  # noqa: ANN202
-    return request.app.state.ctx
 
 
 def _check_app(owner_ns: str, alias: str) -> None:
@@ -129,7 +126,7 @@ def submit(
     fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when done")] = None,
 ) -> Any:
     _check_app(owner_ns, alias)
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     job = _enqueue(ctx, request, payload, owner, fal_webhook)
     if isinstance(job, JSONResponse):
         return job
@@ -171,7 +168,7 @@ def status(
     logs: str | None = None,
 ) -> Any:
     _check_app(owner_ns, alias)
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     job = _own_job(ctx, request_id, owner)
     entries = [line.to_fal() for line in ctx.store.logs(job.id)] if _flag(logs) else None
     return JSONResponse(status_body(ctx, job, entries), headers=_request_headers(job.id))
@@ -188,7 +185,7 @@ async def status_stream(
 ) -> StreamingResponse:
     """One ``data:`` event per change, carrying only the *new* log lines; closed after the COMPLETED event."""
     _check_app(owner_ns, alias)
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     job = await to_thread.run_sync(_own_job, ctx, request_id, owner)
     with_logs = _flag(logs)
 
@@ -235,7 +232,7 @@ def result(
     owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
 ) -> Any:
     _check_app(owner_ns, alias)
-    return result_response(_own_job(_ctx(request), request_id, owner))
+    return result_response(_own_job(get_ctx(request), request_id, owner))
 
 
 @router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request")
@@ -243,7 +240,7 @@ def cancel(
     owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
 ) -> JSONResponse:
     _check_app(owner_ns, alias)
-    outcome = _ctx(request).store.request_cancel(request_id, owner)
+    outcome = get_ctx(request).store.request_cancel(request_id, owner)
     headers = _request_headers(request_id)
     if outcome == CancelOutcome.NOT_FOUND:
         return error_response(404, f"Request {request_id} not found", "not_found")
@@ -262,7 +259,7 @@ async def run(
 ) -> Any:
     """Queue the request and hold the connection until it finishes; a client that goes away cancels it."""
     _check_app(owner_ns, alias)
-    ctx = _ctx(request)
+    ctx = get_ctx(request)
     job = await to_thread.run_sync(_enqueue, ctx, request, payload, owner, None)
     if isinstance(job, JSONResponse):
         return job

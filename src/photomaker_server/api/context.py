@@ -1,0 +1,30 @@
+"""The per-application state every route reads: settings, job store, file storage, keys, signing keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..jobs.housekeeping import Housekeeper
+from ..jobs.store import JobStore
+from ..jobs.webhooks import WebhookSigner
+from ..settings import Settings
+from ..storage.local import LocalStorage
+from .auth import KeyRing
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    store: JobStore
+    storage: LocalStorage
+    keys: KeyRing
+    signer: WebhookSigner
+    token_secret: bytes
+    demo_warning: str | None = None
+    housekeeper: Housekeeper | None = field(default=None, repr=False)
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
