@@ -1,0 +1,61 @@
+"""Wake-ups without polling: the job store announces changes, waiters sleep until one happens.
+
+The store calls ``publish(topic)`` right after a transaction commits: ``"work"`` when a job became claimable,
+``f"job:{job_id}"`` when a job's status, logs or cancel flag changed. An idle worker, an SSE status stream or a
+synchronous ``/run`` request subscribes to its topic *before* reading the store, then waits::
+
+    with wakeups.subscribe(f"job:{job_id}") as sub:
+        while not (job := store.get(job_id)).done:
+            sub.wait(timeout=5.0)   # the timeout is only a safety net; events wake it at once
+
+Transports (pick with :func:`open_wakeups`): :class:`PostgresWakeups` (``LISTEN``/``NOTIFY``, any number of
+machines), :class:`LocalWakeups` (Unix datagram sockets, the processes of one machine sharing a SQLite file),
+:class:`NullWakeups` (in-process only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import WAKE_ALL, NullWakeups, Subscription, Wakeups
+from .local import LocalWakeups, socket_directory
+from .postgres import CHANNEL, PostgresWakeups, libpq_url
+
+__all__ = [
+    "CHANNEL",
+    "WAKE_ALL",
+    "LocalWakeups",
+    "NullWakeups",
+    "PostgresWakeups",
+    "Subscription",
+    "Wakeups",
+    "libpq_url",
+    "open_wakeups",
+    "socket_directory",
+]
+
+
+def open_wakeups(database_url: str | Path, *, local_dir: Path | None = None) -> Wakeups:
+    """The wake-ups that match the job store at ``database_url``.
+
+    * ``postgresql://…``, ``postgres://…``, ``postgresql+psycopg://…`` → :class:`PostgresWakeups`.
+    * ``sqlite:///path/jobs.db`` or a plain path → :class:`LocalWakeups` in ``local_dir``, by default
+      ``<db file>.wakeups`` next to the database (every process opening that file finds the others there).
+    * An in-memory SQLite URL without ``local_dir`` → :class:`NullWakeups` (one process can use it anyway).
+    """
+    url = str(database_url)
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        return PostgresWakeups(url)
+    if scheme == "sqlite":
+        database = url.split("://", 1)[1]
+        database = database[1:] if database.startswith("/") else database  # sqlite:///rel, sqlite:////abs
+        database = database.split("?", 1)[0]
+        if database in ("", ":memory:"):
+            return LocalWakeups(local_dir) if local_dir is not None else NullWakeups()
+        db_file = Path(database)
+    elif scheme:
+        raise ValueError(f"no wake-up transport for database URL scheme {scheme!r}")
+    else:
+        db_file = Path(url)
+    return LocalWakeups(local_dir if local_dir is not None else db_file.with_name(db_file.name + ".wakeups"))
