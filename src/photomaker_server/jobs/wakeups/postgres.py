@@ -93,6 +93,12 @@ class PostgresWakeups(HubWakeups):
         self.connections += 1
         return conn
 
+    @property
+    def listener_backend_pid(self) -> int | None:
+        """The server process id of the listening connection (``pg_stat_activity.pid``); None while reconnecting."""
+        conn = self._listener
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
     # -- publishing ----------------------------------------------------------------------------------------
 
     def publish(self, topic: str) -> None:
