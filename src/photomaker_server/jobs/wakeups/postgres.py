@@ -7,7 +7,9 @@ one idle backend per process, not one per stream. The payload is the topic.
 ``publish`` runs ``SELECT pg_notify('photomaker', topic)`` on a second, autocommit connection of its own
 (guarded by a lock, reopened after a failure). PostgreSQL delivers the notification to every listener,
 including this process's own. If the notification cannot be sent, this process's subscribers are woken
-directly and the failure is logged; ``publish`` never raises.
+directly and the failure is logged; ``publish`` never raises. A stale connection gets one retry on a fresh
+one; a failed connection attempt is not retried (during an outage each publish costs one attempt, bounded by
+``connect_timeout``, and the store's own queries fail the same way).
 
 The listener thread sleeps in ``select`` on the connection's socket and a wake-up pipe (for :meth:`close`): no
 timeouts, no polling. When the connection drops (PostgreSQL restarted, a network failure noticed through TCP
@@ -104,22 +106,27 @@ class PostgresWakeups(HubWakeups):
     def publish(self, topic: str) -> None:
         if self._closed:
             return
+        if not self._notify(topic):  # not sent: at least this process's own waiters hear it
+            try:
+                self._hub.fan_out(topic)
+            except Exception:
+                log.exception("wake-up fan-out failed for %r", topic)
+
+    def _notify(self, topic: str) -> bool:
         with self._publish_lock:
-            for attempt in (1, 2):  # a connection broken since the last publish gets one fresh retry
+            for attempt in (1, 2):
+                fresh = self._publish_conn is None or self._publish_conn.closed
                 try:
-                    if self._publish_conn is None or self._publish_conn.closed:
+                    if fresh:
                         self._publish_conn = self._connect()
                     self._publish_conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
-                    return
+                    return True
                 except Exception as exc:
                     self._close_publisher()
-                    if attempt == 2:
+                    if fresh or attempt == 2:  # a stale connection gets one retry on a fresh one
                         log.warning("could not publish wake-up %r through PostgreSQL: %s", topic, exc)
-        # Not sent: at least this process's own waiters hear it.
-        try:
-            self._hub.fan_out(topic)
-        except Exception:
-            log.exception("wake-up fan-out failed for %r", topic)
+                        return False
+            return False
 
     def _close_publisher(self) -> None:
         if self._publish_conn is not None:
