@@ -172,6 +172,23 @@ def test_async_wait_does_not_block_the_loop_and_is_woken_from_another_thread():
     w.close()
 
 
+def test_a_cancelled_async_wait_leaves_the_event_for_the_next_wait():
+    w = NullWakeups()
+    sub = w.subscribe("work")
+
+    async def main() -> None:
+        task = asyncio.create_task(sub.wait_async(GUARD_S))
+        await asyncio.sleep(0)  # the task is now waiting
+        w.publish("work")
+        task.cancel()  # before the task could run again and take the event
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sub.wait(0) is True
+    w.close()
+
+
 # -- local transport (Unix datagram sockets) -------------------------------------------------------------
 
 

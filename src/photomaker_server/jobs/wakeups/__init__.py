@@ -11,6 +11,9 @@ synchronous ``/run`` request subscribes to its topic *before* reading the store,
 Transports (pick with :func:`open_wakeups`): :class:`PostgresWakeups` (``LISTEN``/``NOTIFY``, any number of
 machines), :class:`LocalWakeups` (Unix datagram sockets, the processes of one machine sharing a SQLite file),
 :class:`NullWakeups` (in-process only).
+
+One instance per process, opened after any ``fork`` (its thread and sockets do not survive one), shared by every
+thread and event loop of that process; close it at shutdown.
 """
 
 from __future__ import annotations

@@ -74,11 +74,13 @@ class Subscription:
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
-        finally:
+        except BaseException:  # cancelled: leave a pending event for the next wait
             with self._cond:
                 self._async_waiters.discard(entry)
-                got = self._take()  # the flag is the truth; the event only wakes us
-        return got
+            raise
+        with self._cond:
+            self._async_waiters.discard(entry)
+            return self._take()  # the flag is the truth; the event only wakes us
 
     def close(self) -> None:
         """Stop receiving events and release every waiter (they return whatever is pending)."""

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import re
-import select
+import selectors
 import socket
 import threading
 from typing import Any
@@ -167,14 +167,17 @@ class PostgresWakeups(HubWakeups):
 
     def _receive(self, conn: Any) -> None:
         """Fan notifications out until the connection fails (raises) or :meth:`close` is called (returns)."""
-        while True:
-            readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [])
-            if self._wake_r in readable:
-                return
-            for notify in conn.notifies(timeout=0):  # reads what the socket has; does not wait
-                self._hub.fan_out(notify.payload)
-            if conn.closed or conn.broken:
-                raise self._psycopg.OperationalError("listener connection closed")
+        with selectors.DefaultSelector() as sel:  # epoll: file descriptors above 1024 are fine
+            sel.register(conn.fileno(), selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                events = sel.select()
+                if any(key.fileobj is self._wake_r for key, _ in events):
+                    return
+                for notify in conn.notifies(timeout=0):  # reads what the socket has; does not wait
+                    self._hub.fan_out(notify.payload)
+                if conn.closed or conn.broken:
+                    raise self._psycopg.OperationalError("listener connection closed")
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
