@@ -78,6 +78,8 @@ class LocalWakeups(HubWakeups):
         self.directory = socket_directory(self.requested_directory)
         fallback = self.directory != self.requested_directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700 if fallback else 0o777)
+        if fallback and self.directory.stat().st_uid != os.geteuid():  # /tmp is shared with other users
+            raise PermissionError(f"wake-up socket directory {self.directory} belongs to another user")
         self.path = str(self.directory / f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.path)
