@@ -393,7 +393,7 @@ def test_pg_listener_reconnects_after_a_server_restart(pg):
         with pg._lock:  # start it again on the same data directory (and the same socket path)
             pg.ensure_postgres_running()
     assert sub.wait(GUARD_S)  # the reconnect wakes every subscriber: events may have been missed
-    assert w.connections == 2 and w.listener_backend_pid not in (None, first_pid)
+    assert w.connections >= 2 and w.listener_backend_pid not in (None, first_pid)
     publisher.publish("work")  # the publisher reconnects too
     assert sub.wait(GUARD_S)
     w.close()
