@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from ...inputs.fetch import ALLOW_HINT, address_problem, is_allow_listed, parse_literal_ip
+from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
@@ -84,6 +84,8 @@ def _priority(request: Request) -> int:
 def _webhook(url: str | None, allow: list[str]) -> str | None:
     if not url:
         return None
+    if len(url) > MAX_URL_CHARS:
+        raise HTTPException(400, f"fal_webhook may be at most {MAX_URL_CHARS} characters long")
     from urllib.parse import urlsplit
 
     try:
