@@ -19,7 +19,8 @@ from .settings import Settings
 #: CLI flag → Settings field, for the flags that configure the model or the server.
 _SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
-    "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format",
+    "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "fetch_allow",
+    "max_request_bytes",
 )
 
 
@@ -35,6 +36,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="auto (default), cuda, cuda:1, mps or cpu")
     group.add_argument("--trigger-word", help="the word that marks the person in the prompt (default img)")
     group.add_argument("--data-dir", type=Path, help="where the queue, files, keys and tiny model live (default .data)")
+
+
+def _add_fetch_allow_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fetch-allow", action="append", metavar="HOST_OR_CIDR",
+                        help="an internal host or network that input URLs and webhooks may reach (repeatable; "
+                        "also PHOTOMAKER_FETCH_ALLOW, comma-separated)")
 
 
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -107,9 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")
+    serve.add_argument("--max-request-bytes", type=int,
+                       help="largest request body accepted (default 64 MiB; also PHOTOMAKER_MAX_REQUEST_BYTES)")
+    _add_fetch_allow_flag(serve)
     _add_model_flags(serve)
 
     worker = sub.add_parser("worker", help="run a GPU worker against a data dir (no HTTP)")
+    _add_fetch_allow_flag(worker)
     _add_model_flags(worker)
 
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     max_pixels_out: int = 2048 * 2048
 
     # --- inputs -------------------------------------------------------------------------------------
+    #: Largest request body the API reads (413 above it, before the body is read in full). Sized for a JSON
+    #: request carrying one maximal data URI (32 MiB decoded is ~43 MiB of base64) plus some smaller ones;
+    #: bigger inputs go to storage first and are sent by URL. Upload routes allow max_download_bytes + 1 MiB.
+    max_request_bytes: int = 64 * 1024 * 1024
     fetch_timeout_s: float = 20.0
     max_download_bytes: int = 64 * 1024 * 1024
     max_data_uri_bytes: int = 32 * 1024 * 1024

@@ -182,13 +182,9 @@ def _content_cases(api, local_http) -> list[tuple[str, dict, str]]:  # noqa: ANN
         ("zip of a zip", small(zipped(zip_bytes({"inner.zip": photos_zip(1)}))), "no usable photos"),
         ("encrypted zip", small(zipped(_encrypted_zip())), "encrypted (password-protected"),
         ("zip bomb", small(zipped(_zip_bomb())), "zip bomb"),
-        ("neither zip nor image", small(data_uri(b"hello world, I am text", "text/plain")), "neither a zip"),
         ("truncated image", small(data_uri(FACE_PNG[: len(FACE_PNG) // 2])), "truncated or corrupt"),
         ("huge dimensions", small(data_uri(_huge_png_header())), "too large"),
-        ("empty data uri", small("data:image/png;base64,"), "empty"),
-        ("bad base64", small("data:image/png;base64,!!!not*base64!!!"), "not valid base64"),
         ("bad initial image", small(initial_image_url=data_uri(b"GIF89a-truncated")), "initial image"),
-        ("bad photo in image_urls", small(image_urls=[data_uri(b"not an image")]), "neither a zip"),
         ("http 404", small(f"{here}/missing.zip"), "HTTP 404"),
         ("missing storage file", small(_missing_storage_url(api)), "not (or no longer) stored"),
         # SSRF: refused before connecting (the shared server allow-lists 127.0.0.1 only).
@@ -231,6 +227,36 @@ def test_content_errors_complete_with_input_error(api, live_server, local_http):
     assert api.run(small())[1]["images"]
 
 
+BAD_DATA_URIS = [
+    # (case, field, value, loc, a phrase of the message): refused at submit, before anything is stored.
+    ("neither zip nor image", "image_archive_url", data_uri(b"hello world, I am text", "text/plain"),
+     ["body", "image_archive_url"], "not a zip archive of photos or a single image"),
+    ("empty data uri", "image_archive_url", "data:image/png;base64,", ["body", "image_archive_url"], "empty"),
+    ("bad base64", "image_archive_url", "data:image/png;base64,!!!not*base64!!!", ["body", "image_archive_url"],
+     "not valid base64"),
+    ("bad photo in image_urls", "image_urls", [data_uri(FACE_PNG), data_uri(b"not an image")],
+     ["body", "image_urls", 1], "not a zip archive"),
+    ("zip as initial image", "initial_image_url", data_uri(photos_zip(1), "application/zip"),
+     ["body", "initial_image_url"], "not an image"),
+]
+
+
+def _stored_files(server) -> int:  # noqa: ANN001
+    return sum(1 for p in (server.data_dir / "files").iterdir() if not p.name.startswith("."))
+
+
+def test_bad_data_uris_are_422_at_submit_and_store_nothing(api, live_server):
+    jobs_before, files_before = _job_count(live_server), _stored_files(live_server)
+    for case, field, value, loc, phrase in BAD_DATA_URIS:
+        response = api.submit_response(small(**{field: value}))
+        assert response.status_code == 422, (case, response.text)
+        (entry,) = response.json()["detail"]
+        assert entry["loc"] == loc and phrase in entry["msg"], (case, entry)
+    assert _job_count(live_server) == jobs_before
+    assert _stored_files(live_server) == files_before  # image_urls[0] was fine, but its request was refused
+    _healthy(live_server)
+
+
 def test_encrypted_entry_is_skipped_with_a_reason_and_the_other_photos_are_used(api):
     archive = _encrypted_zip({"visible.png": image_bytes(Image.new("RGB", (96, 96), (200, 150, 120)))})
     final, _ = api.run(small(data_uri(archive, "application/zip")))
@@ -265,9 +291,9 @@ def test_strict_server_refuses_loopback_in_every_spelling_without_connecting(str
             f"http://0177.0.0.1:{port}/face.png", f"http://0x7f.0.0.1:{port}/face.png"]
     ids = [api.submit(small(url)) for url in urls]
     # A literal loopback webhook is refused at submit; a *name* that resolves to loopback is refused at delivery.
-    literal = api.submit_response(small(data_uri(b"broken")), params={"fal_webhook": f"http://127.0.0.1:{port}/hook"})
+    literal = api.submit_response(small(data_uri(FACE_PNG[:64])), params={"fal_webhook": f"http://127.0.0.1:{port}/hook"})
     assert literal.status_code == 400 and "loopback" in literal.json()["detail"], literal.text
-    hook = api.submit(small(data_uri(b"broken")), params={"fal_webhook": f"http://localhost:{port}/hook/strict"})
+    hook = api.submit(small(data_uri(FACE_PNG[:64])), params={"fal_webhook": f"http://localhost:{port}/hook/strict"})
     for url, request_id in zip(urls, ids):
         final = api.wait(request_id)
         assert final["error_type"] == "input_error", (url, final)
@@ -288,9 +314,13 @@ def test_oversized_data_uri_is_refused(strict_server):
     api = Api(strict_server)
     big = _noise_png(128)  # ~50 KB, over the server's 20000-byte data URI limit
     assert len(big) > 20000
-    for body in (small(data_uri(big)), small(initial_image_url=data_uri(big)), small(image_urls=[data_uri(big)])):
-        final = api.wait(api.submit(body))
-        assert final["error_type"] == "input_error" and "data URI holds more than 20000 bytes" in final["error"]
+    for body, loc in ((small(data_uri(big)), ["body", "image_archive_url"]),
+                      (small(initial_image_url=data_uri(big)), ["body", "initial_image_url"]),
+                      (small(image_urls=[data_uri(big)]), ["body", "image_urls", 0])):
+        response = api.submit_response(body)
+        assert response.status_code == 422, response.text
+        (entry,) = response.json()["detail"]
+        assert entry["loc"] == loc and "data URI holds more than 20000 bytes" in entry["msg"], entry
     # The same photo uploaded to storage is fine: big files go by URL.
     url = api.http.post("/storage/upload/multipart", files={"file": ("big.png", big, "image/png")}).json()["url"]
     assert api.run(small(url))[1]["images"]

@@ -188,8 +188,10 @@ def test_output_formats_jpeg_and_webp(api):
 
 def test_sync_mode_returns_data_uris_and_stores_nothing(api, live_server):
     files_dir = live_server.data_dir / "files"
+    # The photo goes by storage URL: a data URI would itself be stored (inputs are kept as files, not in the job).
+    photo = api.http.post("/storage/upload/multipart", files={"file": ("face.png", FACE_PNG, "image/png")}).json()
     before = {p for p in files_dir.rglob("*") if p.is_file()}
-    _, result = api.run(small(sync_mode=True, output_format="jpeg"))
+    _, result = api.run(small(photo["url"], sync_mode=True, output_format="jpeg"))
     image = result["images"][0]
     assert image["url"].startswith("data:image/jpeg;base64,")
     data = base64.b64decode(image["url"].split(",", 1)[1])
@@ -299,7 +301,7 @@ def test_sync_run_returns_the_output_directly(api):
 
 
 def test_sync_run_of_a_failing_request_answers_fal_error_body(api):
-    response = api.http.post(f"/run/{APP}", json=small(image_url=data_uri(b"not an image at all", "image/png")))
+    response = api.http.post(f"/run/{APP}", json=small(image_url=data_uri(FACE_PNG[:100], "image/png")))
     assert response.status_code == 422
     assert response.json()["error_type"] == "input_error" and isinstance(response.json()["detail"], str)
     assert response.headers["x-fal-error-type"] == "input_error"

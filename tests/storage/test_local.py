@@ -268,6 +268,25 @@ def test_expired_and_unknown_uploads(storage, clock):
         assert info.value.reason == "not_found"
 
 
+def test_check_upload_refuses_what_accept_would_without_a_body(storage, clock):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png", ttl_s=60)[0])
+    storage.check_upload(upload_id, sig)  # fine, and uses nothing up
+    for args, reason in (((upload_id, "0" * 64), "bad_signature"), (("A" * 32, sig), "not_found"),
+                         (("../x", sig), "not_found")):
+        with pytest.raises(UploadError) as info:
+            storage.check_upload(*args)
+        assert info.value.reason == reason
+    storage.accept_upload(upload_id, sig, b"x")
+    with pytest.raises(UploadError) as info:
+        storage.check_upload(upload_id, sig)
+    assert info.value.reason == "used"
+    other_id, other_sig = split_upload_url(storage.create_upload("image/png", "b.png", ttl_s=60)[0])
+    clock.t += 61
+    with pytest.raises(UploadError) as info:
+        storage.check_upload(other_id, other_sig)
+    assert info.value.reason == "expired"
+
+
 def test_upload_size_limit(tmp_path):
     storage = LocalStorage(tmp_path / "files", BASE, max_upload_bytes=4)
     upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])

@@ -23,6 +23,7 @@ from ..settings import Settings
 from ..storage.local import LocalStorage
 from . import errors
 from .auth import KeyRing
+from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
 from .proxy import FalProxyMiddleware
 from .routes import files, ops, queue
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     app.state.ctx = ctx
     errors.install(app)
     app.add_middleware(FalProxyMiddleware)
+    # Added last, so it runs first: the body cap applies before anything reads a byte of the body.
+    app.add_middleware(BodyLimitMiddleware,
+                       limit_for=limits_for(ctx.settings.max_request_bytes, ctx.settings.max_download_bytes))
     # Order matters: fixed paths (files, ops) before queue's /{owner}/{alias} patterns.
     app.include_router(ops.router)
     app.include_router(files.router)

@@ -40,10 +40,49 @@ def validation_response(exc: ValidationError, headers: dict[str, str] | None = N
     return JSONResponse({"detail": validation_details(exc)}, status_code=422, headers=headers)
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _body_detail(request: Request, error: dict[str, Any]) -> dict[str, Any] | None:
+    """A clearer entry for errors about the body as a whole (not JSON, not an object, empty), else None.
+
+    FastAPI parses only JSON content types as JSON: ``curl -d '{...}'`` without ``-H`` sends form encoding, and the
+    plain "Input should be a valid dictionary" would hide that the header is what is wrong.
+    """
+    loc = tuple(error["loc"])
+    if not loc or loc[0] != "body":
+        return None
+    content_type = request.headers.get("content-type")
+    if len(loc) == 1 and content_type and not _is_json(content_type):
+        media = content_type.split(";", 1)[0].strip()
+        return {"loc": ["body"], "msg": f"the body was sent as {media!r}; send the body with Content-Type: "
+                "application/json", "type": "content_type"}
+    if loc == ("body",) and error["type"] == "missing":
+        return {"loc": ["body"], "msg": "the request body is empty; send a JSON object with Content-Type: "
+                "application/json", "type": "missing"}
+    if loc == ("body",) and error["type"] in ("dict_type", "model_attributes_type"):
+        kind = type(error.get("input")).__name__
+        return {"loc": ["body"], "msg": f"the request body must be a JSON object, not {_JSON_NAMES.get(kind, kind)}",
+                "type": "dict_type"}
+    if error["type"] == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        position = loc[1] if len(loc) > 1 else "?"
+        return {"loc": ["body"], "msg": f"the body is not valid JSON ({reason} at character {position})".replace(
+            " ( at", " (at"), "type": "json_invalid"}
+    return None
+
+
+_JSON_NAMES = {"list": "an array", "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean",
+               "NoneType": "null", "bytes": "raw bytes"}
+
+
 async def _request_validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     details = []
     for error in exc.errors():
-        details.append({"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]})
+        entry = _body_detail(request, error)
+        details.append(entry or {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]})
     return JSONResponse({"detail": details}, status_code=422)
 
 

@@ -8,19 +8,35 @@ from __future__ import annotations
 
 from typing import Literal
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.options import GenerationOptions
+from ..inputs.fetch import MAX_URL_CHARS
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 _URL_HELP = "An http(s) URL, a data: URI, or a URL of this service's storage."
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_url(value: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in ("http", "https", "data"):
         raise ValueError("must be an http(s) URL or a data: URI")
+    if scheme != "data" and len(value) > MAX_URL_CHARS:
+        raise ValueError(f"an http(s) URL may be at most {MAX_URL_CHARS} characters long")
     return value
+
+
+def _check_text(value: str) -> None:
+    """Text any store can keep: PostgreSQL's JSON types refuse NUL and unpaired surrogates (JSON allows both)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError("contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode text")
 
 
 class PhotoMakerInput(GenerationOptions):
@@ -42,6 +58,14 @@ class PhotoMakerInput(GenerationOptions):
     sync_mode: bool = Field(
         False, description="Return images inline as data URIs in the result instead of storing them."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str):
+                _check_text(item)
+        return value
 
     @field_validator("image_archive_url", "initial_image_url")
     @classmethod

@@ -79,7 +79,8 @@ def _names(names: list[str]) -> str:
     return shown + (f", and {len(names) - _MAX_NAMES_IN_MESSAGE} more" if len(names) > _MAX_NAMES_IN_MESSAGE else "")
 
 
-def _is_zip(data: bytes) -> bool:
+def is_zip(data: bytes) -> bool:
+    """Whether ``data`` is (or ends in) a zip archive, by its signatures; says nothing about it being intact."""
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
         return True
     try:
@@ -108,7 +109,7 @@ def extract_photos(data: bytes, limits: ArchiveLimits) -> ArchiveContents:
         raise InputError("the archive is empty (0 bytes); give a zip archive of photos or a single photo")
     if sniff_image_format(data) is not None:
         return ArchiveContents(photos=[("image", data)], skipped=[])
-    if not _is_zip(data):
+    if not is_zip(data):
         raise InputError(
             "the file is neither a zip archive nor an image; give a .zip of photos (JPEG, PNG, WebP, ...) "
             "or a single photo"

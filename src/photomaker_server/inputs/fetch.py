@@ -41,7 +41,12 @@ if TYPE_CHECKING:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MiB = 1024 * 1024
-_MAX_URL_CHARS = 16 * 1024
+#: Longest http(s) URL accepted (the API refuses longer ones at submit).
+MAX_URL_CHARS = 16 * 1024
+#: How refusals of internal addresses say what would allow them: for a self-hosted service, internal file servers
+#: and webhook receivers are the normal case, and the operator needs the setting's name, not just a "no".
+ALLOW_HINT = ("unless the host is allow-listed (PHOTOMAKER_FETCH_ALLOW or `photomaker serve --fetch-allow`, "
+              "host names or CIDRs)")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "photomaker-server (+https://github.com/TencentARC/PhotoMaker)"
 #: How many of the (already checked) resolved addresses we try before giving up on a connection.
@@ -257,8 +262,8 @@ def _display(url: str) -> str:
 
 
 def _parse_http_url(url: str) -> _Target:
-    if len(url) > _MAX_URL_CHARS:
-        raise InputError(f"the URL is too long (at most {_MAX_URL_CHARS} characters are accepted)")
+    if len(url) > MAX_URL_CHARS:
+        raise InputError(f"the URL is too long (at most {MAX_URL_CHARS} characters are accepted)")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in url):
         raise InputError("the URL contains spaces, control characters or backslashes; percent-encode them")
     try:
@@ -345,7 +350,7 @@ def resolve_checked(host: str, port: int, allow: list[str]) -> list[IPAddress]:
         problem = address_problem(address)
         if problem:
             where = "the URL's host is" if literal is not None else f"the host name {host!r} resolves to"
-            raise InputError(f"{where} {problem}; only public internet addresses can be fetched")
+            raise InputError(f"{where} {problem}; only public internet addresses can be fetched {ALLOW_HINT}")
     return addresses
 
 
@@ -354,8 +359,13 @@ def resolve_checked(host: str, port: int, allow: list[str]) -> list[IPAddress]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _decode_data_uri(url: str, max_bytes: int) -> Fetched:
-    """Decode ``data:[<mime>][;params][;base64],<payload>`` with the size checked before and after decoding."""
+def decode_data_uri(url: str, max_bytes: int) -> Fetched:
+    """Decode ``data:[<mime>][;params][;base64],<payload>`` with the size checked before and after decoding.
+
+    Base64 is checked strictly: every character must belong to the alphabet (standard or URL-safe; line breaks
+    and missing padding are tolerated, as MIME encoders and some clients produce them), so garbage is refused
+    rather than silently skipped. The API runs this at submit, the worker again when it reads the input.
+    """
     header, sep, payload = url[5:].partition(",")
     if not sep:
         raise InputError("the data URI is malformed: expected 'data:<mime type>;base64,<data>'")
@@ -524,7 +534,7 @@ def fetch_bytes(url: str, policy: FetchPolicy) -> Fetched:
     url = url.strip()
     scheme = _scheme(url)
     if scheme == "data":
-        return _decode_data_uri(url, policy.max_data_uri_bytes)
+        return decode_data_uri(url, policy.max_data_uri_bytes)
     if scheme not in ("http", "https"):
         if not scheme:
             raise InputError("the URL has no scheme; give an http(s) URL (https://...) or a data: URI")

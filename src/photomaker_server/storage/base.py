@@ -78,4 +78,9 @@ class FileStorage(Protocol):
 
     def create_upload(self, content_type: str, file_name: str, ttl_s: float = 3600) -> tuple[str, str]: ...
 
+    def check_upload(self, upload_id: str, sig: str) -> None:
+        """Raise :class:`UploadError` unless an upload URL is known, correctly signed, unexpired and unused: the API
+        calls it before reading the body, so a bad URL costs the client nothing to find out and us nothing to read."""
+        ...
+
     def accept_upload(self, upload_id: str, sig: str, data: bytes) -> StoredFile: ...

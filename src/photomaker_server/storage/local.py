@@ -254,14 +254,12 @@ class LocalStorage:
         sig = self._sign(upload_id, token, name, expires_at)
         return f"{self.base_url}/storage/upload/{upload_id}?sig={sig}", self.url_for(f"{token}/{name}")
 
-    def accept_upload(self, upload_id: str, sig: str, data: bytes) -> StoredFile:
-        """Store the body of a PUT to an upload URL. Raises :class:`UploadError` for an unknown id, a wrong
-        signature, an expired URL, a second use, or (``max_upload_bytes``) a body too large."""
+    def _upload_record(self, upload_id: str, sig: str) -> dict:
+        """The pending upload's record after the id, signature and expiry checks (UploadError otherwise)."""
         if not isinstance(upload_id, str) or not _TOKEN_RE.fullmatch(upload_id):
             raise UploadError("not_found", "Unknown upload URL")
-        directory = self.root / _UPLOADS
         try:
-            record = json.loads((directory / f"{upload_id}.json").read_text())
+            record = json.loads((self.root / _UPLOADS / f"{upload_id}.json").read_text())
             token, name, expires_at = record["token"], record["file_name"], int(record["expires_at"])
         except (OSError, ValueError, KeyError, TypeError):
             raise UploadError("not_found", "Unknown upload URL") from None
@@ -270,6 +268,20 @@ class LocalStorage:
             raise UploadError("bad_signature", "The upload URL's signature is not valid")
         if self._clock() > expires_at:
             raise UploadError("expired", "The upload URL has expired")
+        return record
+
+    def check_upload(self, upload_id: str, sig: str) -> None:
+        """What :meth:`accept_upload` would refuse, without a body: unknown, badly signed, expired or used."""
+        self._upload_record(upload_id, sig)
+        if (self.root / _UPLOADS / f"{upload_id}.used").exists():
+            raise UploadError("used", "The upload URL has already been used")
+
+    def accept_upload(self, upload_id: str, sig: str, data: bytes) -> StoredFile:
+        """Store the body of a PUT to an upload URL. Raises :class:`UploadError` for an unknown id, a wrong
+        signature, an expired URL, a second use, or (``max_upload_bytes``) a body too large."""
+        record = self._upload_record(upload_id, sig)
+        token, name = record["token"], record["file_name"]
+        directory = self.root / _UPLOADS
         if self.max_upload_bytes is not None and len(data) > self.max_upload_bytes:
             raise UploadError("too_large", f"The upload is larger than {self.max_upload_bytes} bytes")
         try:  # the one-time check: exactly one request creates the marker

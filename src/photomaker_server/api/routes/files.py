@@ -33,16 +33,21 @@ TOKEN_TTL_S = 3600
 _UPLOAD_ERROR_STATUS = {"not_found": 404, "bad_signature": 403, "expired": 410, "used": 409, "too_large": 413}
 
 
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"Upload larger than this server's limit of {limit} bytes (PHOTOMAKER_MAX_DOWNLOAD_BYTES)",
+                         headers={"X-Fal-Error-Type": "request_too_large"})
+
+
 async def read_capped(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything above ``limit`` without buffering more than that."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+        raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -58,6 +63,10 @@ def initiate_upload(
 @router.put("/storage/upload/{upload_id}", summary="Upload to a signed URL (no key needed)")
 async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONResponse:
     ctx = get_ctx(request)
+    try:
+        ctx.storage.check_upload(upload_id, sig)  # before reading a byte: a bad URL must not cost a whole body
+    except UploadError as exc:
+        return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
     data = await read_capped(request, ctx.settings.max_download_bytes)
     try:
         stored = ctx.storage.accept_upload(upload_id, sig, data)
@@ -119,7 +128,7 @@ async def upload_multipart(
     limit = ctx.settings.max_download_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
-        raise HTTPException(413, f"Upload larger than this server's limit of {limit} bytes")
+        raise _too_large(limit)
     stored = ctx.storage.put(data, file.content_type or "application/octet-stream", file.filename or "file")
     return UploadedFile(url=stored.url, file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
 

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from ...inputs.fetch import address_problem, is_allow_listed, parse_literal_ip
+from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx
+from ..data_uris import DataUriRefused, store_data_uris
 from ..errors import ERROR_STATUS, error_response, validation_response
 from ..schemas import PhotoMakerInput, PhotoMakerOutput, QueueStatus, QueueSubmitted
 
@@ -83,6 +84,8 @@ def _priority(request: Request) -> int:
 def _webhook(url: str | None, allow: list[str]) -> str | None:
     if not url:
         return None
+    if len(url) > MAX_URL_CHARS:
+        raise HTTPException(400, f"fal_webhook may be at most {MAX_URL_CHARS} characters long")
     from urllib.parse import urlsplit
 
     try:
@@ -96,7 +99,7 @@ def _webhook(url: str | None, allow: list[str]) -> str | None:
     address = parse_literal_ip(host)
     problem = address_problem(address) if address is not None else None
     if problem and not is_allow_listed(host, address, allow):
-        raise HTTPException(400, f"fal_webhook points at {problem}, which this server does not call")
+        raise HTTPException(400, f"fal_webhook points at {problem}, which this server does not call {ALLOW_HINT}")
     return url
 
 
@@ -105,13 +108,20 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         data = validate_input(ctx, payload)
     except ValidationError as exc:
         return validation_response(exc)
+    priority, start_deadline = _priority(request), _start_deadline(request)
+    webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
+    try:  # last: only a request that is otherwise fine gets its data URIs stored
+        stored_input = store_data_uris(data.model_dump(mode="json", exclude_none=True), ctx.storage,
+                                       ctx.settings.max_data_uri_bytes)
+    except DataUriRefused as exc:
+        return JSONResponse({"detail": [exc.detail()]}, status_code=422)
     return ctx.store.submit(
         owner,
         APP_ID,
-        data.model_dump(mode="json", exclude_none=True),
-        priority=_priority(request),
-        start_deadline=_start_deadline(request),
-        webhook_url=_webhook(webhook_url, ctx.settings.fetch_allow),
+        stored_input,
+        priority=priority,
+        start_deadline=start_deadline,
+        webhook_url=webhook,
         max_attempts=ctx.settings.max_attempts,
     )
 

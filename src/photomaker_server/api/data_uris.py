@@ -1,0 +1,105 @@
+"""Data URIs in a request: checked at submit and moved to file storage, so a job row holds URLs, not megabytes.
+
+A data URI is the request's own bytes. Kept in the job row, a 45 MB photo became ~60 MB of JSON text in the
+database (plus as much again in the WAL), on every submit, before the worker got to refuse it. Here each one is
+decoded once, at submit (strict base64, the ``max_data_uri_bytes`` cap), judged by its magic bytes (an image, or
+for photo fields a zip), and written to storage with :meth:`FileStorage.put`; the request keeps that storage
+URL, which the worker reads straight from storage. Anything refused is refused with a 422 naming the field, and
+nothing of a refused request is stored.
+
+Stored inputs are ordinary stored files: they expire with the retention time (``result_ttl_hours``), like uploads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..inputs.archives import is_zip
+from ..inputs.errors import InputError
+from ..inputs.fetch import decode_data_uri
+from ..inputs.images import sniff_image_format
+from ..storage.base import FileStorage
+
+#: Request fields that may hold a URL, and what each must contain.
+PHOTO_FIELDS = ("image_archive_url", "image_urls")
+IMAGE_FIELDS = ("initial_image_url",)
+_IMAGE_TYPES = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp"),
+                "GIF": ("image/gif", "gif"), "BMP": ("image/bmp", "bmp"), "TIFF": ("image/tiff", "tiff")}
+
+
+class DataUriRefused(ValueError):
+    """A data URI the request may not carry; ``loc`` is its place in the body (``("image_urls", 2)``)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, kind: str) -> None:
+        super().__init__(message)
+        self.loc, self.message, self.kind = loc, message, kind
+
+    def detail(self) -> dict[str, Any]:
+        """One entry of fal's 422 ``detail`` list."""
+        return {"loc": ["body", *self.loc], "msg": self.message, "type": self.kind}
+
+
+@dataclass
+class _Decoded:
+    loc: tuple[str | int, ...]
+    data: bytes
+    content_type: str
+    file_name: str
+
+
+def _is_data_uri(value: object) -> bool:
+    return isinstance(value, str) and value[:5].lower() == "data:"
+
+
+def _locations(payload: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for field in ("image_archive_url", "initial_image_url"):
+        if _is_data_uri(payload.get(field)):
+            found.append(((field,), payload[field]))
+    for index, url in enumerate(payload.get("image_urls") or []):
+        if _is_data_uri(url):
+            found.append((("image_urls", index), url))
+    return found
+
+
+def _decode(loc: tuple[str | int, ...], uri: str, max_bytes: int) -> _Decoded:
+    field = str(loc[0])
+    try:
+        data = decode_data_uri(uri.strip(), max_bytes).data
+    except InputError as exc:
+        kind = "data_uri_too_large" if "holds more than" in exc.message else "data_uri_invalid"
+        raise DataUriRefused(loc, exc.message, kind) from None
+    image = sniff_image_format(data)
+    if image is not None:
+        content_type, ext = _IMAGE_TYPES[image]
+        return _Decoded(loc, data, content_type, f"{field}.{ext}")
+    if field in PHOTO_FIELDS and is_zip(data):
+        return _Decoded(loc, data, "application/zip", f"{field}.zip")
+    wanted = "an image (JPEG, PNG, WebP, GIF, BMP, TIFF)" if field in IMAGE_FIELDS else \
+        "a zip archive of photos or a single image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+    raise DataUriRefused(loc, f"the data URI's content is not {wanted} (judged by its first bytes)",
+                         "data_uri_content")
+
+
+def store_data_uris(payload: dict[str, Any], storage: FileStorage, max_bytes: int) -> dict[str, Any]:
+    """``payload`` with every data URI replaced by the storage URL of its decoded bytes.
+
+    All of them are decoded and checked before the first is stored, so a refused request leaves nothing behind.
+    Raises :class:`DataUriRefused` (the first problem found, in field order).
+    """
+    decoded = [(uri, _decode(loc, uri, max_bytes)) for loc, uri in _locations(payload)]
+    if not decoded:
+        return payload
+    result = dict(payload)
+    if "image_urls" in result:
+        result["image_urls"] = list(result["image_urls"])
+    stored: dict[str, str] = {}  # the same URI twice (archive and image_urls) stays one file, as the worker dedupes
+    for uri, item in decoded:
+        url = stored.get(uri) or storage.put(item.data, item.content_type, item.file_name).url
+        stored[uri] = url
+        if item.loc[0] == "image_urls":
+            result["image_urls"][item.loc[1]] = url
+        else:
+            result[str(item.loc[0])] = url
+    return result

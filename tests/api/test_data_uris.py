@@ -1,0 +1,70 @@
+"""Data URIs at submit (``api.data_uris``): decoded, judged by magic bytes, moved to storage — or refused whole."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from helpers import image_bytes, make_face
+from photomaker_server.api.data_uris import DataUriRefused, store_data_uris
+from photomaker_server.storage.base import StoredFile
+
+PNG = image_bytes(make_face(0, size=(32, 32)))
+ZIP = b"PK\x05\x06" + bytes(18)  # an empty zip: a zip by its signature, which is all submit judges
+
+
+def uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+class MemoryStorage:
+    """Only what the submit path may use of FileStorage: put."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str, str]] = {}
+
+    def put(self, data: bytes, content_type: str, file_name: str) -> StoredFile:
+        key = f"k{len(self.files)}/{file_name}"
+        self.files[key] = (data, content_type, file_name)
+        return StoredFile(key=key, url=f"http://srv/files/{key}", file_name=file_name, content_type=content_type,
+                          size=len(data))
+
+
+def test_every_data_uri_becomes_a_storage_url():
+    storage = MemoryStorage()
+    payload = {"prompt": "p", "image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG),
+               "image_urls": ["https://example.com/a.png", uri(PNG)]}
+    out = store_data_uris(payload, storage, 1 << 20)
+    assert out["prompt"] == "p" and out["image_urls"][0] == "https://example.com/a.png"
+    assert all(v.startswith("http://srv/files/") for v in (out["image_archive_url"], out["initial_image_url"],
+                                                           out["image_urls"][1]))
+    # The same URI twice is one file (the worker de-duplicates the archive and image_urls by URL).
+    assert out["initial_image_url"] == out["image_urls"][1] and len(storage.files) == 2
+    assert sorted((ct, data == PNG) for data, ct, _ in storage.files.values()) == [("application/zip", False),
+                                                                                  ("image/png", True)]
+    assert payload["image_urls"][1].startswith("data:")  # the input is not modified
+
+
+@pytest.mark.parametrize("payload, loc, kind", [
+    ({"image_archive_url": "data:image/png;base64,***"}, ("image_archive_url",), "data_uri_invalid"),
+    ({"image_archive_url": uri(b"hello")}, ("image_archive_url",), "data_uri_content"),
+    ({"image_archive_url": "data:,"}, ("image_archive_url",), "data_uri_invalid"),
+    ({"image_archive_url": uri(PNG), "initial_image_url": uri(ZIP)}, ("initial_image_url",), "data_uri_content"),
+    ({"image_archive_url": uri(PNG), "image_urls": [uri(PNG), uri(b"%PDF-1.4")]}, ("image_urls", 1),
+     "data_uri_content"),
+    ({"image_archive_url": uri(PNG + bytes(2000))}, ("image_archive_url",), "data_uri_too_large"),
+])
+def test_refusals_name_the_field_and_store_nothing(payload, loc, kind):
+    storage = MemoryStorage()
+    with pytest.raises(DataUriRefused) as info:
+        store_data_uris(payload, storage, 2000)
+    assert info.value.loc == loc and info.value.kind == kind
+    assert info.value.detail() == {"loc": ["body", *loc], "msg": info.value.message, "type": kind}
+    assert storage.files == {}
+
+
+def test_no_data_uri_no_storage():
+    storage = MemoryStorage()
+    payload = {"image_archive_url": "https://example.com/a.zip"}
+    assert store_data_uris(payload, storage, 10) is payload and not storage.files
