@@ -102,3 +102,21 @@ def test_an_object_store_that_is_down_is_a_503(tmp_path, s3_env, monkeypatch):
         assert upload.status_code == 503 and upload.json()["error_type"] == "storage_unavailable"
         assert "File storage is unavailable" in upload.json()["detail"]
         assert client.get("/files/" + "E" * 32 + "/a.png").status_code == 503
+
+
+def test_a_job_whose_output_cannot_be_stored_fails_with_the_reason(tmp_path, monkeypatch):
+    from photomaker_server.storage import StorageUnavailable
+
+    settings = Settings(data_dir=tmp_path, api_keys=[KEY])
+    worker = Worker(settings, engine=object())
+    job = worker.store.submit("owner", APP_ID, {"prompt": "a man img"})
+    claimed = worker.store.claim(worker.worker_id, 30)
+
+    def unstorable(job, run):  # noqa: ANN001, ANN202
+        raise StorageUnavailable("Object storage unreachable for storing a file (bucket 'b' at http://s3:1)")
+
+    monkeypatch.setattr(worker, "_generate", unstorable)
+    worker.process(claimed)
+    failed = worker.store.get(job.id)
+    assert failed.error_type == "runner_server_error" and failed.error.startswith("Object storage unreachable")
+    worker.store.close()

@@ -25,6 +25,7 @@ from ..inputs.resolve import InputLoader
 from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
+from ..storage.base import StorageUnavailable
 from ..storage.factory import storage_from_settings
 from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
 from .store import CANCELLED_ERROR, Job, SQLJobStore
@@ -267,6 +268,8 @@ class Worker:
             message, error_type = str(exc), "input_error"
         elif isinstance(exc, (WeightsUnavailable, CheckpointError)):
             message, error_type = f"The model could not be loaded: {exc}", "weights_unavailable"
+        elif isinstance(exc, StorageUnavailable):
+            message, error_type = str(exc), "runner_server_error"
         else:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
