@@ -59,3 +59,31 @@ def live_server(tiny_root, tmp_path_factory):
     server = LiveServer(tmp_path_factory.mktemp("server"), tiny_root).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API for the session: SeaweedFS started here (killed at the end), or the operator's server named
+    by ``PHOTOMAKER_TEST_S3_ENDPOINT``. Nothing here touches the environment: use ``s3_env`` for that."""
+    from s3_server import operator_server, start_seaweedfs
+
+    server = operator_server()
+    if server is not None:
+        yield server
+        return
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard ``AWS_*`` variables pointing at ``s3_server``, for this test only (boto3's default chain,
+    as a deployment configures it)."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     tls: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Where files live: empty (``data_dir/files``), a directory / ``file:///dir``, or ``s3://bucket/prefix``
+    #: (endpoint and credentials from the standard ``AWS_*`` variables; see docs/operations.md).
+    storage_url: str = ""
 
     #: "text" for people, "json" for log collectors (one object per line).
     log_format: str = "text"

@@ -20,7 +20,7 @@ from ..jobs.housekeeping import Housekeeper
 from ..jobs.store import JobStore, SQLJobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
-from ..storage.local import LocalStorage
+from ..storage.factory import storage_from_settings
 from . import errors
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
@@ -51,7 +51,7 @@ def build_context(settings: Settings, store: JobStore | None = None) -> AppConte
     return AppContext(
         settings=settings,
         store=store or SQLJobStore(settings.db_path),
-        storage=LocalStorage(settings.files_dir, settings.base_url, max_upload_bytes=settings.max_download_bytes),
+        storage=storage_from_settings(settings),
         keys=KeyRing(settings),
         signer=WebhookSigner.load_or_create(settings.data_dir / "webhook-signing-key.pem"),
         token_secret=_secret(settings.data_dir / "token-secret"),

@@ -10,7 +10,7 @@ from ..jobs.housekeeping import Housekeeper
 from ..jobs.store import JobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
-from ..storage.local import LocalStorage
+from ..storage.base import FileStorage
 from .auth import KeyRing
 
 
@@ -18,12 +18,16 @@ from .auth import KeyRing
 class AppContext:
     settings: Settings
     store: JobStore
-    storage: LocalStorage
+    storage: FileStorage
     keys: KeyRing
     signer: WebhookSigner
     token_secret: bytes
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
+
+    def file_url(self, key: str) -> str:
+        """The URL clients get for a stored file: rendered from its key whenever it is handed out."""
+        return self.storage.url_for(key, self.settings.base_url)
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..engine.options import error_details
+from ..storage.base import StorageUnavailable
 
 #: HTTP status for each error_type a finished request can carry.
 ERROR_STATUS = {
@@ -97,6 +98,11 @@ async def _http_exception_handler(request: Request, exc: HTTPException) -> JSONR
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
+async def _storage_unavailable_handler(request: Request, exc: StorageUnavailable) -> JSONResponse:
+    return error_response(503, f"File storage is unavailable: {exc}", "storage_unavailable")
+
+
 def install(app) -> None:  # noqa: ANN001
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable_handler)
     app.add_exception_handler(HTTPException, _http_exception_handler)

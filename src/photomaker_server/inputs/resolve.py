@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from ..settings import Settings
-from ..storage.local import LocalStorage
+from ..storage.base import FileStorage
 from .archives import ArchiveLimits, extract_photos
 from .errors import InputError
 from .fetch import FetchPolicy, fetch_bytes
@@ -22,7 +22,7 @@ Log = Callable[..., None]
 
 
 class InputLoader:
-    def __init__(self, settings: Settings, storage: LocalStorage) -> None:
+    def __init__(self, settings: Settings, storage: FileStorage) -> None:
         self.storage = storage
         self.policy = FetchPolicy.from_settings(settings, local_resolver=self._own_file)
         self.archive_limits = ArchiveLimits.from_settings(settings)

@@ -15,7 +15,8 @@ import time
 from ..inputs.fetch import FetchPolicy
 from ..inputs.outbound import safe_post
 from ..settings import Settings
-from ..storage.local import LocalStorage
+from ..storage.base import FileStorage
+from .results import result_keys
 from .store import JobStore
 from .webhooks import WebhookDispatcher, WebhookSigner
 
@@ -25,7 +26,7 @@ CLEANUP_EVERY_S = 60.0
 
 
 class Housekeeper:
-    def __init__(self, settings: Settings, store: JobStore, storage: LocalStorage, signer: WebhookSigner) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage, signer: WebhookSigner) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         policy = FetchPolicy.from_settings(settings)
         self.webhooks = WebhookDispatcher(
@@ -33,9 +34,14 @@ class Housekeeper:
             signer,
             http_post=lambda url, body, headers, timeout: safe_post(url, body, headers, timeout, policy),
             max_attempts=settings.webhook_max_attempts,
+            url_for=self.file_url,
         )
         self._threads: list[threading.Thread] = []
         self._last_cleanup = 0.0
+
+    def file_url(self, key: str) -> str:
+        """The URL clients get for a stored file (rendered when handed out, never stored)."""
+        return self.storage.url_for(key, self.settings.base_url)
 
     def tick(self) -> None:
         for job_id in self.store.requeue_expired_leases():
@@ -48,13 +54,14 @@ class Housekeeper:
     def cleanup(self) -> int:
         removed = self.store.cleanup(self.settings.result_ttl_hours * 3600)
         for job in removed:
-            for image in (job.result or {}).get("images", []):
-                key = self.storage.key_from_url(image.get("url", ""))
-                if key:
-                    self.storage.delete(key)
+            for key in result_keys(job.result, self._key_from_url):  # by key; old results by their URL
+                self.storage.delete(key)
         self.storage.purge_uploads()
         self.storage.delete_older_than(self.settings.result_ttl_hours * 3600)  # uploaded inputs, too
         return len(removed)
+
+    def _key_from_url(self, url: str) -> str | None:
+        return self.storage.key_from_url(url, self.settings.base_url)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -10,7 +10,9 @@ fal's contract, which existing receivers already implement and which we therefor
 * Retries: 10 attempts over about two hours (:func:`backoff_schedule`).
 
 Deliveries come from the job store's outbox (``webhook_deliveries``), so they survive restarts, and the
-dispatcher can run in any process that opens the store.
+dispatcher can run in any process that opens the store. The outbox body holds output images by storage key
+(it is written by the worker, which does not know the API's public URL); the dispatcher renders their URLs just
+before each attempt (``url_for``), then signs what it sends.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from photomaker_server.jobs.results import UrlRenderer, render_result
+
 if TYPE_CHECKING:  # the store imports this module; only type names flow back
     from photomaker_server.jobs.store import Delivery, Job, JobStore
 
@@ -44,6 +48,7 @@ __all__ = [
     "WebhookSigner",
     "backoff_schedule",
     "job_webhook_body",
+    "render_webhook_body",
     "signed_message",
     "verify",
     "webhook_body",
@@ -90,11 +95,27 @@ def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def job_webhook_body(job: Job) -> bytes:
-    """:func:`webhook_body` for a finished job (the store's default body builder)."""
+def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
+    """:func:`webhook_body` for a finished job (the store's default body builder). ``url_for`` renders the URLs
+    of stored images from their keys; without it the keys stay (see :func:`render_webhook_body`)."""
     if job.error is None:
-        return webhook_body(job.id, job.result, None)
+        return webhook_body(job.id, render_result(job.result, url_for), None)
     return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
+
+
+def render_webhook_body(body: str, url_for: UrlRenderer) -> str:
+    """An outbox body with the URLs of its stored images rendered from their keys (bodies without keys, or
+    not ours to parse, come back unchanged)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict) or data.get("status") != "OK" or not isinstance(data.get("payload"), dict):
+        return body
+    rendered = render_result(data["payload"], url_for)
+    if rendered is data["payload"]:
+        return body
+    return json.dumps({**data, "payload": rendered}, ensure_ascii=False, separators=(",", ":"))
 
 
 # --- signatures -------------------------------------------------------------------------------------------------
@@ -265,7 +286,8 @@ class WebhookDispatcher:
 
     ``policy_check(url)`` runs before every attempt and raises to refuse (SSRF: private addresses); a refusal
     counts as a failed attempt, since DNS can change. ``http_post`` is injectable so the service can connect
-    to the very address ``policy_check`` approved, and tests can record calls.
+    to the very address ``policy_check`` approved, and tests can record calls. ``url_for`` renders the URLs
+    of stored images in the body at each attempt (:func:`render_webhook_body`).
     """
 
     def __init__(
@@ -280,8 +302,10 @@ class WebhookDispatcher:
         timeout: float = DEFAULT_TIMEOUT_S,
         batch_size: int = 8,
         clock: Callable[[], float] = time.time,
+        url_for: UrlRenderer | None = None,
     ) -> None:
         self.store = store
+        self.url_for = url_for
         self.signer = signer
         self.policy_check = policy_check
         self.http_post = http_post
@@ -298,8 +322,9 @@ class WebhookDispatcher:
 
     def attempt(self, delivery: Delivery) -> str | None:
         """One POST. None on a 2xx answer, otherwise why it failed."""
-        body = delivery.body.encode("utf-8")
         try:
+            text = render_webhook_body(delivery.body, self.url_for) if self.url_for else delivery.body
+            body = text.encode("utf-8")
             self.policy_check(delivery.url)
             headers = self.signer.headers(delivery.job_id, delivery.owner, body, int(self.clock()))
             headers["User-Agent"] = "photomaker-server-webhooks"

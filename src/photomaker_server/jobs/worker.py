@@ -25,7 +25,8 @@ from ..inputs.resolve import InputLoader
 from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
-from ..storage.local import LocalStorage
+from ..storage.base import StorageUnavailable
+from ..storage.factory import storage_from_settings
 from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
 from .store import CANCELLED_ERROR, Job, SQLJobStore
 
@@ -113,7 +114,7 @@ class Worker:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.store = SQLJobStore(settings.db_path)
-        self.storage = LocalStorage(settings.files_dir, settings.base_url)
+        self.storage = storage_from_settings(settings)
         self.inputs = InputLoader(settings, self.storage)
         self.status = WorkerStatus(self.worker_id, os.getpid(), demo_model=settings.tiny)
         self.engine = engine
@@ -243,11 +244,13 @@ class Worker:
 
         data, content_type = encode_image(image, output_format, DEMO_WARNING if demo else None)
         file_name = f"{job.id}-{index}.{EXTENSIONS[output_format]}"
+        # A stored image is kept by its storage key; the API renders its URL when it answers (results outlive
+        # public-URL, CDN and presigning changes, and the worker never needs the API's address).
         if sync_mode:
-            url = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+            where = {"url": f"data:{content_type};base64,{base64.b64encode(data).decode()}"}
         else:
-            url = self.storage.put(data, content_type, file_name).url
-        return {"url": url, "content_type": content_type, "file_name": file_name, "file_size": len(data),
+            where = {"key": self.storage.put(data, content_type, file_name).key}
+        return {**where, "content_type": content_type, "file_name": file_name, "file_size": len(data),
                 "width": image.width, "height": image.height}
 
     def _fail(self, job: Job, run: JobRun, exc: Exception) -> None:
@@ -265,6 +268,8 @@ class Worker:
             message, error_type = str(exc), "input_error"
         elif isinstance(exc, (WeightsUnavailable, CheckpointError)):
             message, error_type = f"The model could not be loaded: {exc}", "weights_unavailable"
+        elif isinstance(exc, StorageUnavailable):
+            message, error_type = str(exc), "runner_server_error"
         else:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"

@@ -16,11 +16,10 @@ import json
 import secrets
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...storage.base import UploadError
 from ..auth import require_owner
@@ -56,7 +55,8 @@ async def read_capped(request: Request, limit: int) -> bytes:
 def initiate_upload(
     request: Request, body: UploadInitiate, owner: Annotated[str, Depends(require_owner)]
 ) -> UploadInitiated:
-    upload_url, file_url = get_ctx(request).storage.create_upload(body.content_type, body.file_name)
+    ctx = get_ctx(request)
+    upload_url, file_url = ctx.storage.create_upload(body.content_type, body.file_name, base_url=ctx.settings.base_url)
     return UploadInitiated(upload_url=upload_url, file_url=file_url)
 
 
@@ -72,7 +72,7 @@ async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONRes
         stored = ctx.storage.accept_upload(upload_id, sig, data)
     except UploadError as exc:
         return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
-    return JSONResponse({"url": stored.url, "file_size": stored.size}, status_code=200)
+    return JSONResponse({"url": ctx.file_url(stored.key), "file_size": stored.size}, status_code=200)
 
 
 # --- fal's Python client: a short-lived upload token, then POST /files/upload ------------------------------------
@@ -117,7 +117,7 @@ async def upload_with_token(request: Request) -> dict:
     stored = ctx.storage.put(
         data, request.headers.get("content-type", "application/octet-stream"), request.headers.get("x-fal-file-name", "file")
     )
-    return {"access_url": stored.url, "file_size": stored.size}
+    return {"access_url": ctx.file_url(stored.key), "file_size": stored.size}
 
 
 @router.post("/storage/upload/multipart", response_model=UploadedFile, summary="Form upload (curl, web page)")
@@ -130,17 +130,17 @@ async def upload_multipart(
     if len(data) > limit:
         raise _too_large(limit)
     stored = ctx.storage.put(data, file.content_type or "application/octet-stream", file.filename or "file")
-    return UploadedFile(url=stored.url, file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
+    return UploadedFile(url=ctx.file_url(stored.key), file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
 
 
-@router.get("/files/{token}/{name}", summary="A stored file", response_class=FileResponse)
-def get_file(token: str, name: str, request: Request) -> FileResponse:
-    storage = get_ctx(request).storage
-    path: Path | None = storage.path_for(f"{token}/{name}")
-    info = storage.info(f"{token}/{name}") if path else None
-    if path is None or info is None:
+@router.get("/files/{token}/{name}", summary="A stored file", response_class=StreamingResponse)
+def get_file(token: str, name: str, request: Request) -> StreamingResponse:
+    """Streamed from whichever storage holds it (local files or the object store), never buffered whole."""
+    opened = get_ctx(request).storage.open(f"{token}/{name}")
+    if opened is None:
         raise HTTPException(404, "File not found", headers={"X-Fal-Error-Type": "not_found"})
+    info, chunks = opened
     # Content types of uploads come from clients: never let a stored file run script on this origin.
     headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff",
-               "Content-Security-Policy": "sandbox"}
-    return FileResponse(path, media_type=info.content_type, headers=headers)
+               "Content-Security-Policy": "sandbox", "Content-Length": str(info.size)}
+    return StreamingResponse(chunks, media_type=info.content_type, headers=headers)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
+from ...jobs.results import UrlRenderer, render_result
 from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
@@ -228,13 +229,14 @@ async def status_stream(
     )
 
 
-def result_response(job: Job) -> JSONResponse:
+def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONResponse:
+    """The result endpoint's answer; ``url_for`` renders stored images' URLs from their keys."""
     headers = _request_headers(job.id)
     if job.status != JobStatus.COMPLETED:
         return error_response(400, "Request is still in progress", "request_in_progress", headers)
     if job.error:
         return error_response(ERROR_STATUS.get(job.error_type or "", 500), job.error, job.error_type or "internal_error", headers)
-    return JSONResponse(job.result, headers=headers)
+    return JSONResponse(render_result(job.result, url_for), headers=headers)
 
 
 @router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result")
@@ -242,7 +244,8 @@ def result(
     owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
 ) -> Any:
     _check_app(owner_ns, alias)
-    return result_response(_own_job(get_ctx(request), request_id, owner))
+    ctx = get_ctx(request)
+    return result_response(_own_job(ctx, request_id, owner), ctx.file_url)
 
 
 @router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request")
@@ -279,4 +282,4 @@ async def run(
             return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
         await asyncio.sleep(STREAM_POLL_S)
         job = await to_thread.run_sync(lambda: ctx.store.get(job.id, with_input=False)) or job
-    return result_response(job)
+    return result_response(job, ctx.file_url)

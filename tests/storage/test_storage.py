@@ -1,22 +1,37 @@
-"""Local file storage: unguessable keys, safe names, traversal refusal, URL recognition, one-time uploads."""
+"""File storage, one suite for every backend (local files and S3 via SeaweedFS): unguessable keys, safe names,
+traversal refusal, URL recognition, one-time uploads, retention. Backend-specific cases say which backend."""
 
 from __future__ import annotations
 
+import secrets
 import stat
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from photomaker_server.storage import FileStorage, LocalStorage, StoredFile, UploadError, sanitize_file_name
+from photomaker_server.storage import (
+    FileStorage,
+    LocalStorage,
+    StoredFile,
+    UploadError,
+    load_or_create_secret,
+    sanitize_file_name,
+)
 
 BASE = "http://127.0.0.1:8000"
+BUCKET = "photomaker-tests"
 
 
 class Clock:
+    """Starts at the real time: S3's LastModified is the server's clock, so retention compares against it."""
+
     def __init__(self) -> None:
-        self.t = 1_700_000_000.0
+        self.t = float(int(time.time()))
 
     def __call__(self) -> float:
         return self.t
@@ -28,8 +43,40 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def storage(tmp_path: Path, clock: Clock) -> LocalStorage:
-    return LocalStorage(tmp_path / "files", BASE + "/", clock=clock)
+def secret() -> bytes:
+    return secrets.token_hex(32).encode()
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_storage(backend, request, tmp_path, clock, secret) -> Callable[..., FileStorage]:
+    """``make_storage(base_url=..., **options)``: a storage of this test's backend; every call opens a new
+    instance on the same files (another process, or another API replica)."""
+    if backend == "s3":
+        request.getfixturevalue("s3_env")
+        from photomaker_server.storage.s3 import S3Storage
+
+        url = f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"  # a prefix of its own: tests stay apart
+
+        def make(base_url: str = BASE + "/", **options) -> FileStorage:
+            options.setdefault("secret", secret)
+            return S3Storage(url, base_url, clock=clock, **options)
+    else:
+
+        def make(base_url: str = BASE + "/", **options) -> FileStorage:
+            options.setdefault("secret", secret)
+            return LocalStorage(tmp_path / "files", base_url, clock=clock, **options)
+
+    return make
+
+
+@pytest.fixture
+def storage(make_storage) -> FileStorage:
+    return make_storage()
 
 
 def split_upload_url(url: str) -> tuple[str, str]:
@@ -70,7 +117,7 @@ def test_long_names_are_capped_keeping_the_extension():
 # --- put / read / info / delete ---------------------------------------------------------------------------------
 
 
-def test_put_stores_under_an_unguessable_token(storage, tmp_path):
+def test_put_stores_under_an_unguessable_token(storage, backend, tmp_path):
     stored = storage.put(b"\x89PNG data", "image/png", "out put.png")
     token, name = stored.key.split("/")
     assert len(token) == 32 and name == "out_put.png"
@@ -81,10 +128,13 @@ def test_put_stores_under_an_unguessable_token(storage, tmp_path):
         content_type="image/png",
         size=9,
     )
-    assert (tmp_path / "files" / token / "out_put.png").read_bytes() == b"\x89PNG data"
+    if backend == "local":
+        assert (tmp_path / "files" / token / "out_put.png").read_bytes() == b"\x89PNG data"
+        assert storage.path_for(stored.key) == tmp_path / "files" / token / "out_put.png"
     assert storage.read(stored.key) == b"\x89PNG data"
-    assert storage.path_for(stored.key) == tmp_path / "files" / token / "out_put.png"
     assert storage.info(stored.key) == stored
+    info, chunks = storage.open(stored.key)
+    assert info == stored and b"".join(chunks) == b"\x89PNG data"
     again = storage.put(b"other", "image/png", "out put.png")
     assert again.key != stored.key and storage.read(stored.key) == b"\x89PNG data"
 
@@ -105,29 +155,35 @@ def test_content_types_are_cleaned(storage):
     assert storage.put(b"x", "", "noext").content_type == "application/octet-stream"
 
 
-def test_delete_and_delete_prefix(storage, tmp_path):
+def test_delete_and_delete_prefix(storage, backend, tmp_path):
     a = storage.put(b"a", "image/png", "a.png")
     storage.delete(a.key)
-    assert storage.read(a.key) is None and storage.info(a.key) is None
-    assert not (tmp_path / "files" / a.key.split("/")[0]).exists()
+    assert storage.read(a.key) is None and storage.info(a.key) is None and storage.open(a.key) is None
+    if backend == "local":
+        assert not (tmp_path / "files" / a.key.split("/")[0]).exists()
     storage.delete(a.key)  # twice is fine
     storage.delete("../../etc/passwd")  # malformed: ignored
 
     b = storage.put(b"b", "image/png", "b.png")
     token = b.key.split("/")[0]
+    b2 = storage._store(token, b"b2", "image/png", "b2.png")  # a second file under the same token
     storage.delete_prefix(token + "/")
-    assert storage.read(b.key) is None and not (tmp_path / "files" / token).exists()
+    assert storage.read(b.key) is None and storage.read(b2.key) is None
+    if backend == "local":
+        assert not (tmp_path / "files" / token).exists()
 
     keep = storage.put(b"k", "image/png", "k.png")
     for bad in ("", "/", "..", "../", ".uploads", "a" * 10, str(tmp_path)):
         storage.delete_prefix(bad)
-    assert storage.read(keep.key) == b"k" and (tmp_path / "files").is_dir()
+    assert storage.read(keep.key) == b"k"
+    if backend == "local":
+        assert (tmp_path / "files").is_dir()
 
 
 # --- traversal --------------------------------------------------------------------------------------------------
 
 
-def test_path_for_refuses_anything_but_a_plain_key(storage, tmp_path):
+def test_anything_but_a_plain_key_is_refused(storage, backend, tmp_path):
     good = storage.put(b"secret-ish", "image/png", "a.png")
     token = good.key.split("/")[0]
     (tmp_path / "outside.txt").write_text("outside")
@@ -150,13 +206,16 @@ def test_path_for_refuses_anything_but_a_plain_key(storage, tmp_path):
         f"{token}/missing.png",
     ]
     for key in attempts:
-        assert storage.path_for(key) is None, key
         assert storage.read(key) is None, key
         assert storage.info(key) is None, key
-    assert storage.path_for(good.key) is not None
+        assert storage.open(key) is None, key
+        if backend == "local":
+            assert storage.path_for(key) is None, key
+    assert storage.read(good.key) == b"secret-ish"
 
 
-def test_planted_symlinks_are_not_followed_out_of_the_root(storage, tmp_path):
+def test_planted_symlinks_are_not_followed_out_of_the_root(tmp_path, secret):
+    storage = LocalStorage(tmp_path / "files", BASE, secret=secret)
     (tmp_path / "outside.txt").write_text("outside")
     token = "A" * 32
     (tmp_path / "files" / token).mkdir()
@@ -186,8 +245,8 @@ def test_key_from_url(storage):
         assert storage.key_from_url(url) is None, url
 
 
-def test_key_from_url_under_a_base_path(tmp_path):
-    storage = LocalStorage(tmp_path / "files", "https://example.com/photomaker")
+def test_key_from_url_under_a_base_path(make_storage):
+    storage = make_storage("https://example.com/photomaker")
     stored = storage.put(b"x", "image/png", "a.png")
     assert stored.url.startswith("https://example.com/photomaker/files/")
     assert storage.key_from_url(stored.url) == stored.key
@@ -199,7 +258,7 @@ def test_key_from_url_under_a_base_path(tmp_path):
 # --- signed one-time uploads ------------------------------------------------------------------------------------
 
 
-def test_upload_round_trip(storage, tmp_path):
+def test_upload_round_trip(storage):
     upload_url, file_url = storage.create_upload("image/jpeg", "selfie 1.jpg")
     assert upload_url.startswith(f"{BASE}/storage/upload/") and "?sig=" in upload_url
     assert file_url.startswith(f"{BASE}/files/") and file_url.endswith("/selfie_1.jpg")
@@ -211,8 +270,27 @@ def test_upload_round_trip(storage, tmp_path):
     assert stored.url == file_url and stored.content_type == "image/jpeg" and stored.size == 10
     assert storage.read(storage.key_from_url(file_url)) == b"jpeg bytes"
 
-    secret = tmp_path / "upload-secret"
-    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+def test_upload_urls_take_the_base_url_they_are_handed_out_with(storage):
+    upload_url, file_url = storage.create_upload("image/png", "a.png", base_url="https://api.example/pm")
+    assert upload_url.startswith("https://api.example/pm/storage/upload/")
+    assert file_url.startswith("https://api.example/pm/files/")
+    assert storage.key_from_url(file_url, base_url="https://api.example/pm") is not None
+
+
+def test_the_secret_helper_creates_one_key_file(tmp_path):
+    path = tmp_path / "upload-secret"
+    first = load_or_create_secret(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64
+    assert load_or_create_secret(path) == first
+    path.write_text("short")
+    with pytest.raises(ValueError):
+        load_or_create_secret(path)
+
+
+def test_a_short_secret_is_refused(make_storage):
+    with pytest.raises(ValueError):
+        make_storage(secret=b"too short")
 
 
 def test_upload_url_is_one_time(storage):
@@ -287,8 +365,8 @@ def test_check_upload_refuses_what_accept_would_without_a_body(storage, clock):
     assert info.value.reason == "expired"
 
 
-def test_upload_size_limit(tmp_path):
-    storage = LocalStorage(tmp_path / "files", BASE, max_upload_bytes=4)
+def test_upload_size_limit(make_storage):
+    storage = make_storage(max_upload_bytes=4)
     upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
     with pytest.raises(UploadError) as info:
         storage.accept_upload(upload_id, sig, b"12345")
@@ -296,20 +374,19 @@ def test_upload_size_limit(tmp_path):
     assert storage.accept_upload(upload_id, sig, b"1234").size == 4  # the refusal did not use it up
 
 
-def test_uploads_work_across_instances_sharing_the_directory(tmp_path):
-    """The API process creates the URL; after a restart (new instance, same secret file) it still works."""
-    first = LocalStorage(tmp_path / "files", BASE)
+def test_uploads_work_across_instances_sharing_the_storage(make_storage):
+    """One API process (or replica) creates the URL; another one, with the same secret, accepts it."""
+    first = make_storage()
     upload_url, file_url = first.create_upload("image/png", "a.png")
-    second = LocalStorage(tmp_path / "files", BASE)
+    second = make_storage()
     stored = second.accept_upload(*split_upload_url(upload_url), b"png")
     assert stored.url == file_url and first.read(stored.key) == b"png"
 
 
-def test_a_different_secret_rejects_the_signature(tmp_path):
-    first = LocalStorage(tmp_path / "files", BASE)
+def test_a_different_secret_rejects_the_signature(make_storage):
+    first = make_storage()
     upload_id, sig = split_upload_url(first.create_upload("image/png", "a.png")[0])
-    (tmp_path / "upload-secret").unlink()
-    rotated = LocalStorage(tmp_path / "files", BASE)
+    rotated = make_storage(secret=secrets.token_hex(32).encode())
     with pytest.raises(UploadError) as info:
         rotated.accept_upload(upload_id, sig, b"x")
     assert info.value.reason == "bad_signature"
@@ -325,3 +402,42 @@ def test_purge_uploads(storage, clock):
         storage.accept_upload(used_id, used_sig, b"x")
     assert info.value.reason == "not_found"
     assert storage.accept_upload(fresh_id, fresh_sig, b"y").size == 1
+
+
+def test_one_time_across_instances_racing(make_storage):
+    """Two replicas get the same upload URL at once: exactly one stores it."""
+    replicas = [make_storage(), make_storage()]
+    upload_id, sig = split_upload_url(replicas[0].create_upload("image/png", "a.png")[0])
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def put(i: int) -> None:
+        barrier.wait()
+        try:
+            replicas[i % 2].accept_upload(upload_id, sig, b"data %d" % i)
+            outcomes.append("ok")
+        except UploadError as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] + ["used"] * 5
+
+
+# --- retention --------------------------------------------------------------------------------------------------
+
+
+def test_delete_older_than(storage, clock):
+    a = storage.put(b"a", "image/png", "a.png")
+    b = storage.put(b"b", "application/zip", "b.zip")
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "c.png", ttl_s=4 * 3600)[0])
+    clock.t += 2 * 3600
+    assert storage.delete_older_than(3 * 3600) == 0
+    assert storage.read(a.key) == b"a" and storage.read(b.key) == b"b"
+    assert storage.delete_older_than(3600) == 2
+    assert storage.read(a.key) is None and storage.read(b.key) is None
+    stored = storage.accept_upload(upload_id, sig, b"c")  # its pending record was not taken for a file
+    assert storage.read(stored.key) == b"c"
