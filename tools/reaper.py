@@ -1,0 +1,65 @@
+"""Process-group bookkeeping for the test harness: whatever it starts dies with it.
+
+Every server the harness starts runs in its own session (``start_new_session=True``), so one ``killpg`` reaches the
+process and all its children (PostgreSQL's backends, a server's worker). Registered groups are SIGKILLed at
+interpreter exit, so a failing test or a crashed script leaves nothing running behind it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import threading
+
+_lock = threading.Lock()
+_tracked: dict[int, subprocess.Popen] = {}
+
+
+def track(process: subprocess.Popen) -> subprocess.Popen:
+    """Remember ``process`` (a session leader) so that its group is killed at exit if nobody stopped it."""
+    with _lock:
+        _tracked[process.pid] = process
+    return process
+
+
+def forget(process: subprocess.Popen) -> None:
+    with _lock:
+        _tracked.pop(process.pid, None)
+
+
+def kill_group(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGKILL the process's whole group and reap the leader. Safe to call twice."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable; a zombie parent at worst
+        pass
+    forget(process)
+
+
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+    """Ask politely with ``sig``, wait up to ``timeout`` s, then SIGKILL the group (stragglers included)."""
+    if process.poll() is None:
+        try:
+            process.send_signal(sig)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(process)  # children that outlived their leader go too
+    return process.returncode
+
+
+def tracked() -> list[subprocess.Popen]:
+    with _lock:
+        return list(_tracked.values())
+
+
+@atexit.register
+def _kill_everything() -> None:
+    for process in tracked():
+        kill_group(process, timeout=5)
