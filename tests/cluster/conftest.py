@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 
 import netns
@@ -26,14 +25,10 @@ def require_netns() -> None:
                 pytrace=False)
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Running processes whose command line contains ``text`` (a test's tmp path): what a test left behind."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if text in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(f"{proc.info['pid']}: {cmdline[:200]}")
-    return found
+@pytest.fixture(scope="session")
+def netns_ready() -> None:
+    """Fails (or, with PHOTOMAKER_NO_NETNS=1, skips) when network namespaces cannot be made here."""
+    require_netns()
 
 
 @pytest.fixture
@@ -56,5 +51,5 @@ def netns_module():
 def no_leftovers(tmp_path: Path):
     """After the test: no process started from the test's tmp path runs, and the reaper tracks nothing live."""
     yield tmp_path
-    assert processes_mentioning(str(tmp_path)) == []
+    assert reaper.processes_mentioning(str(tmp_path)) == []
     assert [p.pid for p in reaper.tracked() if p.poll() is None] == []
