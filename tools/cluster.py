@@ -34,7 +34,7 @@ BUCKET = "photomaker"
 
 
 class Stop(Exception):
-    """SIGTERM arrived: leave the wait loop and shut down, like Ctrl-C."""
+    """SIGTERM or SIGINT (Ctrl-C) arrived: leave whatever is running and shut down."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -219,7 +219,7 @@ def banner(cluster: Cluster) -> str:
         "        'image_archive_url': fal_client.encode_file('face.jpg')}))",
         "  EOF",
         "curl:",
-        f"  curl -s {first}/health                          # replicas, workers and what they run",
+        f"  curl -s {first}/health                          # the workers this replica sees",
         f"  curl -s -X POST {first}/{APP} -H 'Authorization: Key {cluster.key}' \\",
         "       -H 'Content-Type: application/json' -d '{\"prompt\": \"a photo of a man img\", "
         "\"image_archive_url\": \"<URL or data: URI>\"}'",
@@ -248,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
               "or `pip install -e .[test]`", file=sys.stderr)
         return 2
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         raise Stop
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # Explicitly both: a shell starting us in the background leaves SIGINT ignored, and Python keeps it so.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     cluster = Cluster(args)
     status = 0
     try:
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:  # watch: a service that dies is reported, and the cluster stops
             cluster.check_alive()
             time.sleep(1)
-    except (KeyboardInterrupt, Stop):
+    except (KeyboardInterrupt, Stop):  # KeyboardInterrupt: a Ctrl-C before the handler was installed
         say("\nstopping the cluster ...")
     except RuntimeError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
