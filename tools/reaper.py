@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 _lock = threading.Lock()
 _tracked: dict[int, subprocess.Popen] = {}
@@ -29,8 +30,24 @@ def forget(process: subprocess.Popen) -> None:
         _tracked.pop(process.pid, None)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that have not exited yet (zombies excluded), read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
 def kill_group(process: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGKILL the process's whole group and reap the leader. Safe to call twice."""
+    """SIGKILL the process's whole group, reap the leader and wait until every member is gone. Idempotent."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -39,6 +56,11 @@ def kill_group(process: subprocess.Popen, timeout: float = 10) -> None:
         process.wait(timeout)
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable; a zombie parent at worst
         pass
+    # SIGKILL is delivered at once but dying takes a moment (PostgreSQL backends unmapping shared memory): callers
+    # check "nothing left running" right after this returns.
+    deadline = time.monotonic() + timeout
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     forget(process)
 
 
