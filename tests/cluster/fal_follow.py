@@ -5,7 +5,6 @@ comes from the environment. The queue URL is read at call time, so one process c
 and follow through another.
 
     fal_follow.py submit URL FACE.png COUNT STEPS SIZE  -> JSON list of request ids (submitted through URL)
-    fal_follow.py running URL N ID...                   -> waits until N of the requests are IN_PROGRESS at once
     fal_follow.py follow URL ID...                      -> waits for all, prints {id: {"status": ..., "result": ...}}
 """
 
@@ -39,18 +38,6 @@ def submit(face: Path, count: int, steps: int, size: int) -> list[str]:
     return ids
 
 
-def wait_running(ids: list[str], n: int, timeout: float = 300) -> list[str]:
-    import fal_client
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = [i for i in ids if isinstance(fal_client.status(APP, i), fal_client.InProgress)]
-        if len(running) >= n:
-            return running
-        time.sleep(0.1)
-    raise TimeoutError(f"never {n} requests in progress at once")
-
-
 def follow(ids: list[str], timeout: float = 600) -> dict:
     import fal_client
 
@@ -82,8 +69,6 @@ def main() -> None:
     if action == "submit":
         face, count, steps, size = Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3])
         print(json.dumps(submit(face, count, steps, size)))
-    elif action == "running":
-        print(json.dumps(wait_running(rest[1:], int(rest[0]))))
     elif action == "follow":
         print(json.dumps(follow(rest)))
     else:

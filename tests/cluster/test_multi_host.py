@@ -92,6 +92,20 @@ class Deployment:
             assert time.monotonic() < deadline, f"not ready: {pending}\n{self.diagnostics()}"
             time.sleep(0.5)
 
+    def wait_in_progress(self, ids: list[str], count: int, timeout: float = 300) -> list[str]:
+        """Poll api2 until ``count`` of the requests are IN_PROGRESS at the same time; returns those ids."""
+        headers = {"Authorization": f"Key {API_KEY}"}
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url("api2"), headers=headers, timeout=10, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                states = {i: client.get(f"/fal-ai/photomaker/requests/{i}/status").json()["status"] for i in ids}
+                running = [i for i, state in states.items() if state == "IN_PROGRESS"]
+                if len(running) >= count:
+                    return running
+                assert list(states.values()).count("COMPLETED") <= len(ids) - count, states  # missed the moment
+                time.sleep(0.05)
+        raise AssertionError(f"never {count} requests in progress at once\n{self.diagnostics()}")
+
     def health(self, name: str) -> dict:
         return httpx.get(self.url(name) + "/health", timeout=5, trust_env=False).json()
 
@@ -150,8 +164,9 @@ def test_jobs_survive_a_killed_worker_and_download_everywhere(deployment, face):
     ids = deployment.fal("submit", deployment.url("api1"), str(face), str(JOBS), str(STEPS), str(SIZE))
     assert len(set(ids)) == JOBS
 
-    # Two requests in progress at once, two workers that each run one job: w1 is in the middle of one.
-    running = deployment.fal("running", deployment.url("api2"), "2", *ids)
+    # Two requests in progress at once, two workers that each run one job: w1 is in the middle of one. (Watched
+    # here rather than by the client, so that the kill follows the observation within milliseconds.)
+    running = deployment.wait_in_progress(ids, 2)
     health_before = deployment.health("api2")
     w1 = deployment.hosts["w1"]
     assert w1.pids(), "w1 is not running"
