@@ -7,9 +7,10 @@ STAMP       := $(VENV)/.installed
 # The CPU build on machines without a GPU; on Linux x86_64, PyPI's torch is the CUDA build (see README).
 TORCH_SPEC  ?= torch==2.13.0
 SERVE_ARGS  ?=
+CLUSTER_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-deps install clean
+.PHONY: serve cluster test test-deps install clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +25,11 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/photomaker serve $(SERVE_ARGS)
+
+# Scale-out on one machine: PostgreSQL + S3 (from wheels), 2 API replicas, 2 tiny workers, each its own data dir
+# under .cluster/. CLUSTER_ARGS="--replicas 3 --workers 4". Ctrl-C stops it all.
+cluster: $(STAMP)
+	$(PY) tools/cluster.py $(CLUSTER_ARGS)
 
 # The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples.
 test-deps: $(STAMP)
@@ -41,4 +47,4 @@ test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/clients/node_modules .pytest_cache
+	rm -rf $(VENV) tests/clients/node_modules .pytest_cache .cluster
