@@ -25,11 +25,6 @@ from live_server import API_KEY, APP
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 STYLES = [
     "(No style)", "Cinematic", "Disney Character", "Digital Art", "Photographic", "Fantasy art",
     "Neonpunk", "Enhance", "Comic book", "Lowpoly", "Line art",
@@ -49,17 +44,6 @@ document.addEventListener("DOMContentLoaded", () => {
   }).observe(node, { childList: true, characterData: true, subtree: true });
 });
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    import playwright.sync_api as sync_api
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}; `make test-deps` installs Debian's chromium")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
