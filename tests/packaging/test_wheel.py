@@ -10,6 +10,7 @@ unpacking PyTorch); PyTorch is installed first, pinned to the version running th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -44,8 +45,12 @@ def check(args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | N
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    source = tmp_path_factory.mktemp("source") / "photomaker-server"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "node_modules", ".data", "outputs", "__pycache__", ".*cache"))
     out = tmp_path_factory.mktemp("wheel")
-    check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(ROOT)], cwd=out,
+    check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(source)], cwd=out,
           timeout=300)
     (path,) = out.glob("photomaker_server-*.whl")
     return path
