@@ -13,13 +13,13 @@ PYTEST_ARGS ?=
 .PHONY: serve cluster test test-deps install clean
 
 $(STAMP): pyproject.toml
+	@echo "==> first-time set-up in $(VENV): PyTorch, diffusers and the rest (a few minutes; progress below)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
-	# CLIP's BPE vocabulary for the offline tiny model; --no-deps keeps torchvision out.
-	$(PY) -m pip install -q --no-deps open_clip_torch
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
+	@echo "==> set-up done"
 
 install: $(STAMP)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .cli import CLIError, generation_fields
+from .cli_args import CLIError, generation_fields, write_output
 from .settings import APP_ID
 
 KEY_FILE = "api-key"
@@ -237,10 +237,6 @@ def follow(server: Server, request_id: str, warnings: list[str] | None = None) -
     return final
 
 
-def _extension(output_format: str) -> str:
-    return "jpg" if output_format == "jpeg" else output_format
-
-
 def generate_remote(args: argparse.Namespace) -> int:
     """``photomaker generate --server URL``: submit, follow, download; same stdout as in-process generate."""
     with Server(args.server, resolve_key(args)) as server:
@@ -261,13 +257,10 @@ def generate_remote(args: argparse.Namespace) -> int:
         if result.get("demo_model") and not any("demo model" in line for line in shown):
             print(f"WARNING: {result.get('demo_warning') or 'the server runs the random-weight demo model'}",
                   file=sys.stderr)
-        args.out.mkdir(parents=True, exist_ok=True)
         seed = result["seed"]
         for i, image in enumerate(result["images"]):
             data = server.download(image["url"])
-            path = args.out / f"photomaker-{seed}-{i}.{_extension(args.output_format)}"
-            path.write_bytes(data)
-            print(path)
+            print(write_output(args.out, f"photomaker-{seed}-{i}", args.output_format, data))
     print(json.dumps({"seed": seed, "timings": result.get("timings", {}), "demo_model": bool(result.get("demo_model")),
                       "request_id": request_id}))
     return 0

@@ -158,6 +158,14 @@ def test_status_and_cancel(tmp_path, photos, live_server):
     unknown = photomaker("status", "no-such-request", cwd=tmp_path, env=env)
     assert unknown.returncode == 2 and "error: Request no-such-request not found (HTTP 404)" in unknown.stderr
 
+    # `photomaker status ID | head -1`: the reader goes away before the output is written; no traceback.
+    base = {k: v for k, v in os.environ.items() if k not in ("PHOTOMAKER_KEY", "FAL_KEY", "PHOTOMAKER_SERVER")}
+    process = subprocess.Popen([sys.executable, "-m", "photomaker_server.cli", "status", rid], cwd=tmp_path,
+                               env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
 
 def test_generate_over_tls_trusts_the_certificate_from_ssl_cert_file(tmp_path, photos, tls_server):
     args = ["generate", "--images", photos[0], "--prompt", "a photo of a man img", *SMALL, "--seed", "4",

@@ -11,7 +11,6 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -21,13 +20,12 @@ from ..jobs.store import JobStore, SQLJobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.factory import storage_from_settings
-from . import errors
+from . import errors, openapi
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
 from .proxy import FalProxyMiddleware
 from .routes import files, ops, queue
-from .schemas import PhotoMakerInput
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
         version=__version__,
         summary="Self-hosted fal-ai/photomaker: fal's queue protocol, durable queue, storage, webhooks.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's /docs and /redoc load from a CDN; openapi.install serves /docs offline
+        redoc_url=None,
     )
     app.state.ctx = ctx
     errors.install(app)
@@ -92,23 +92,6 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     app.include_router(files.router)
     app.include_router(queue.router)
     app.mount("/static", StaticFiles(directory=str(resources.files("photomaker_server") / "web")), name="static")
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    openapi.install(app)
     return app
 
-
-def _openapi(app: FastAPI) -> dict:
-    """OpenAPI with the real request schema: the body is validated by hand (deployment-specific rules such as the
-    trigger word need a validation context), so the schema is registered here."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-    model_schema = PhotoMakerInput.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(model_schema.pop("$defs", {}))
-    components["PhotoMakerInput"] = model_schema
-    for path in ("/{owner_ns}/{alias}", "/run/{owner_ns}/{alias}"):
-        body = schema["paths"].get(path, {}).get("post", {}).get("requestBody")
-        if body:
-            body["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/PhotoMakerInput"}
-    app.openapi_schema = schema
-    return schema

@@ -12,8 +12,10 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
 
 from ..settings import Settings
 
@@ -82,11 +84,20 @@ class KeyRing:
         return None
 
 
-def require_owner(request: Request) -> str:
-    """FastAPI dependency: the owner id of a valid key, else 401 in fal's error shape.
+#: fal's key header as an OpenAPI security scheme: the API docs get an Authorize dialog, and every route that
+#: depends on ``require_owner`` is marked as needing it. Checking stays in ``require_owner`` (fal's 401 shape).
+KEY_HEADER = APIKeyHeader(
+    name="Authorization",
+    scheme_name="FalKey",
+    auto_error=False,
+    description="fal's key header. In the Authorize dialog type `Key <your key>`: the word Key, a space, then the "
+    "key (`photomaker serve` prints where it stored its generated key).",
+)
 
-    Async on purpose: it does no I/O, and a sync dependency would cost every request a thread-pool hop."""
-    owner = request.app.state.ctx.keys.owner_for(request.headers.get("authorization"))
+
+def require_owner(request: Request, authorization: Annotated[str | None, Security(KEY_HEADER)] = None) -> str:
+    """FastAPI dependency: the owner id of a valid key, else 401 in fal's error shape."""
+    owner = request.app.state.ctx.keys.owner_for(authorization)
     if owner is None:
         raise HTTPException(
             status_code=401,

@@ -29,6 +29,8 @@ class Placement:
 
 
 def choose_placement(requested: str = "auto") -> Placement:
+    """The device and dtype for ``requested`` (auto, cpu, cuda, cuda:N, mps). A device this machine does not
+    have is a ``ValueError`` with a message for the operator, not a torch assertion deep inside loading."""
     if requested == "auto":
         if torch.cuda.is_available():
             requested = "cuda"
@@ -36,7 +38,15 @@ def choose_placement(requested: str = "auto") -> Placement:
             requested = "mps"
         else:
             requested = "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested, but this PyTorch sees no CUDA GPU "
+                         f"(torch {torch.__version__}; a CPU-only build, or no driver)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {requested!r} requested, but Apple MPS is not available here")
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     elif device.type == "mps":

@@ -2,7 +2,8 @@
 
 It exists so that tests and offline demos run the *real* loading path (a diffusers directory for the base model,
 a ``photomaker-v1.bin``-style checkpoint with the same keys) on a machine that cannot download 8 GB of weights.
-The tokenizers are real: CLIP's BPE vocabulary ships inside the ``open_clip_torch`` wheel. Every weight is random
+The tokenizers are real: CLIP's BPE vocabulary ships with this package (``engine/data``, MIT, see
+``LICENSE-clip-bpe.txt`` there), so ``pip install`` alone gives a working demo. Every weight is random
 (fixed seeds), so images made with it are coloured noise and resemble no one; everything that runs on it says so.
 
 Two bases are built (``realistic`` and ``style``, different seeds) so that ``base_pipeline`` visibly matters.
@@ -11,13 +12,13 @@ Two bases are built (``realistic`` and ``style``, different seeds) so that ``bas
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -48,17 +49,16 @@ SDXL_SCHEDULER = dict(
 )
 
 
+#: CLIP's BPE vocabulary (OpenAI CLIP, MIT; the copy distributed in the open_clip_torch wheel), shipped as package data.
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
 @lru_cache(maxsize=1)
 def clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's 49,408-entry vocabulary and its merges, read from the ``open_clip_torch`` wheel (no import needed)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the tiny model needs CLIP's BPE vocabulary from the open_clip_torch wheel: "
-            "pip install --no-deps open_clip_torch"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    """CLIP's 49,408-entry vocabulary and its merges, read from the copy shipped in this package."""
+    path = resources.files("photomaker_server.engine") / "data" / CLIP_BPE_FILE
+    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as text:
+        lines = text.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     byte_symbols = _bytes_to_unicode()
     tokens = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
