@@ -59,3 +59,14 @@ def live_server(tiny_root, tmp_path_factory):
     server = LiveServer(tmp_path_factory.mktemp("server"), tiny_root).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (``PHOTOMAKER_TEST_DATABASE_URL``, or an embedded one); tests take a
+    fresh database each with ``pg_server.create_database()``."""
+    from pg_server import PgServer
+
+    server = PgServer.from_env_or_embedded()
+    yield server
+    server.cleanup()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from photomaker_server.jobs.store import SQLJobStore
+from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.jobs.webhooks import (
     HEADER_REQUEST_ID,
     HEADER_SIGNATURE,

@@ -17,7 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
-from ..jobs.store import JobStore, SQLJobStore
+from ..jobs.factory import open_job_store
+from ..jobs.protocol import JobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.local import LocalStorage
@@ -49,7 +50,7 @@ def build_context(settings: Settings, store: JobStore | None = None) -> AppConte
         demo_warning = DEMO_WARNING
     return AppContext(
         settings=settings,
-        store=store or SQLJobStore(settings.db_path),
+        store=store or open_job_store(settings.db_path),
         storage=LocalStorage(settings.files_dir, settings.base_url, max_upload_bytes=settings.max_download_bytes),
         keys=KeyRing(settings),
         signer=WebhookSigner.load_or_create(settings.data_dir / "webhook-signing-key.pem"),

@@ -16,7 +16,7 @@ from ..inputs.fetch import FetchPolicy
 from ..inputs.outbound import safe_post
 from ..settings import Settings
 from ..storage.local import LocalStorage
-from .store import JobStore
+from .protocol import JobStore
 from .webhooks import WebhookDispatcher, WebhookSigner
 
 log = logging.getLogger(__name__)

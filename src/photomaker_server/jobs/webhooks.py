@@ -10,7 +10,8 @@ fal's contract, which existing receivers already implement and which we therefor
 * Retries: 10 attempts over about two hours (:func:`backoff_schedule`).
 
 Deliveries come from the job store's outbox (``webhook_deliveries``), so they survive restarts, and the
-dispatcher can run in any process that opens the store.
+dispatcher can run in any process that opens the store. The outbox holds only where to post; the dispatcher
+renders the body from the finished job when it posts (``render_body``), so the store never builds webhook bodies.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-if TYPE_CHECKING:  # the store imports this module; only type names flow back
-    from photomaker_server.jobs.store import Delivery, Job, JobStore
+from .protocol import JobStore
+from .records import Delivery, Job
 
 __all__ = [
     "HEADER_REQUEST_ID",
@@ -91,7 +92,7 @@ def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str
 
 
 def job_webhook_body(job: Job) -> bytes:
-    """:func:`webhook_body` for a finished job (the store's default body builder)."""
+    """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``)."""
     if job.error is None:
         return webhook_body(job.id, job.result, None)
     return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
@@ -265,7 +266,8 @@ class WebhookDispatcher:
 
     ``policy_check(url)`` runs before every attempt and raises to refuse (SSRF: private addresses); a refusal
     counts as a failed attempt, since DNS can change. ``http_post`` is injectable so the service can connect
-    to the very address ``policy_check`` approved, and tests can record calls.
+    to the very address ``policy_check`` approved, and tests can record calls. ``render_body(job)`` builds the
+    bytes to POST (and sign) for a finished job; a completed job never changes, so retries send the same bytes.
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class WebhookDispatcher:
         policy_check: Callable[[str], None] = lambda url: None,
         http_post: HttpPost = httpx_post,
         *,
+        render_body: Callable[[Job], bytes] = job_webhook_body,
         max_attempts: int = 10,
         schedule: list[float] | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
@@ -285,6 +288,7 @@ class WebhookDispatcher:
         self.signer = signer
         self.policy_check = policy_check
         self.http_post = http_post
+        self.render_body = render_body
         self.max_attempts = max_attempts
         self.schedule = backoff_schedule(max_attempts) if schedule is None else list(schedule)
         self.timeout = timeout
@@ -298,8 +302,12 @@ class WebhookDispatcher:
 
     def attempt(self, delivery: Delivery) -> str | None:
         """One POST. None on a 2xx answer, otherwise why it failed."""
-        body = delivery.body.encode("utf-8")
+        # Outside the try: a database that is down is not the receiver's failed attempt (the pass is retried).
+        job = self.store.get(delivery.job_id, with_input=False)
+        if job is None:
+            return "the request no longer exists"
         try:
+            body = self.render_body(job)
             self.policy_check(delivery.url)
             headers = self.signer.headers(delivery.job_id, delivery.owner, body, int(self.clock()))
             headers["User-Agent"] = "photomaker-server-webhooks"

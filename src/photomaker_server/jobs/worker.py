@@ -27,7 +27,9 @@ from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.local import LocalStorage
 from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
-from .store import CANCELLED_ERROR, Job, SQLJobStore
+from .factory import open_job_store
+from .protocol import JobStore
+from .records import CANCELLED_ERROR, Job
 
 log = logging.getLogger(__name__)
 #: How often an idle worker looks for work; a cheap read (``has_work``), so it can be short.
@@ -44,7 +46,7 @@ class JobRun:
     loop wait for the database's write lock (an API busy with submits can hold it for a while).
     """
 
-    def __init__(self, store: SQLJobStore, job: Job, worker_id: str, lease_s: float) -> None:
+    def __init__(self, store: JobStore, job: Job, worker_id: str, lease_s: float) -> None:
         self.store, self.job, self.worker_id, self.lease_s = store, job, worker_id, lease_s
         self.cancelled = threading.Event()
         self.lease_lost = threading.Event()
@@ -112,7 +114,7 @@ class Worker:
     def __init__(self, settings: Settings, engine: Any = None) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.store = SQLJobStore(settings.db_path)
+        self.store = open_job_store(settings.db_path)
         self.storage = LocalStorage(settings.files_dir, settings.base_url)
         self.inputs = InputLoader(settings, self.storage)
         self.status = WorkerStatus(self.worker_id, os.getpid(), demo_model=settings.tiny)

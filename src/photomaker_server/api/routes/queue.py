@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ...inputs.fetch import address_problem, is_allow_listed, parse_literal_ip
-from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
+from ...jobs.records import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx
