@@ -60,9 +60,11 @@ def _known_revisions() -> set[str]:
     return {rev.revision for rev in _script().walk_revisions()}
 
 
-def upgrade_engine(engine: Engine, backend: Backend) -> tuple[str | None, str]:
-    """Upgrade the database behind ``engine`` to the head revision; returns (revision before, revision after)."""
+def upgrade_engine(engine: Engine, backend: Backend, target: str | None = None) -> tuple[str | None, str]:
+    """Upgrade the database behind ``engine`` to ``target`` (default: the head revision); returns (revision
+    before, revision after)."""
     head = head_revision()
+    target = target or head
     with engine.connect() as conn:
         backend.prepare_write(conn)
         with conn.begin():
@@ -79,19 +81,19 @@ def upgrade_engine(engine: Engine, backend: Backend) -> tuple[str | None, str]:
                     f"database schema {before} is newer than this version of photomaker-server "
                     f"(knows up to {head}); upgrade the software"
                 )
-            if before != head:
-                log.info("job store: upgrading the database schema from %s to %s", before or "nothing", head)
-                command.upgrade(config, head)
-    return before, head
+            if before != target:
+                log.info("job store: upgrading the database schema from %s to %s", before or "nothing", target)
+                command.upgrade(config, target)
+    return before, target
 
 
-def upgrade_database(url: str | Path) -> tuple[str | None, str]:
+def upgrade_database(url: str | Path, target: str | None = None) -> tuple[str | None, str]:
     """:func:`upgrade_engine` for a database URL or SQLite path (for operators and tests)."""
     sa_url = database_url(url)
     backend = backend_for(sa_url)
     engine = backend.create_engine(sa_url)
     try:
-        return upgrade_engine(engine, backend)
+        return upgrade_engine(engine, backend, target)
     finally:
         engine.dispose()
 
