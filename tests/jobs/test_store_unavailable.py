@@ -86,8 +86,18 @@ def test_dropped_connections_are_replaced_transparently(private_pg):
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = :db AND pid <> pg_backend_pid()"
             ), {"db": sa.make_url(url).database}).scalar()
-        admin.dispose()
         assert killed >= 1
         assert store.get(job.id).id == job.id
+
+        # Dropped in the middle of a transaction: that call fails as unavailable (it may or may not have been
+        # applied, so it is not retried silently), and the next one works.
+        with pytest.raises(StoreUnavailable):
+            with store._write() as conn:
+                pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+                with admin.connect() as other:
+                    other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                conn.execute(sa.text("SELECT 1"))
+        admin.dispose()
+        assert store.claim("w", 30).id == job.id
     finally:
         store.close()

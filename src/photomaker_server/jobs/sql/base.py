@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from .schema_version import upgrade_engine
 
 log = logging.getLogger(__name__)
 
-#: Key in ``Connection.info`` of the topics to publish once the transaction commits.
-_TOPICS = "photomaker_topics"
+#: Topics to publish once the current write transaction commits (per thread: a ContextVar).
+_TOPICS: ContextVar[list[str] | None] = ContextVar("photomaker_store_topics", default=None)
 
 #: The topic published when a job became claimable.
 WORK_TOPIC = "work"
@@ -89,16 +90,16 @@ class SQLStoreBase:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction that may write (SQLite: holds the database write lock from its first statement)."""
-        with self._connect() as conn:
-            self._backend.prepare_write(conn)
-            conn.info[_TOPICS] = []
-            try:
+        topics: list[str] = []
+        token = _TOPICS.set(topics)
+        try:
+            with self._connect() as conn:
+                self._backend.prepare_write(conn)
                 with conn.begin():
                     yield conn
-                topics = list(dict.fromkeys(conn.info[_TOPICS]))
-            finally:
-                conn.info.pop(_TOPICS, None)
-        self._announce(topics)
+        finally:
+            _TOPICS.reset(token)
+        self._announce(list(dict.fromkeys(topics)))  # only reached after a commit
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -107,8 +108,11 @@ class SQLStoreBase:
             yield conn
 
     @staticmethod
-    def _notify(conn: Connection, topic: str) -> None:
-        conn.info[_TOPICS].append(topic)
+    def _notify(topic: str) -> None:
+        """Publish ``topic`` once the current write transaction has committed."""
+        pending = _TOPICS.get()
+        assert pending is not None, "_notify outside a write transaction"
+        pending.append(topic)
 
     def _announce(self, topics: list[str]) -> None:
         if self._publish is None:
@@ -146,7 +150,7 @@ class SQLStoreBase:
             message = message[: MAX_LOG_MESSAGE_CHARS - 1] + "…"
         level = normalise_level(level)
         res = conn.execute(job_logs.insert().values(job_id=job_id, ts=ts, level=level, message=message))
-        self._notify(conn, job_topic(job_id))
+        self._notify(job_topic(job_id))
         return LogLine(id=int(res.inserted_primary_key[0]), ts=ts, level=level, message=message)
 
     def _finish(
@@ -178,7 +182,7 @@ class SQLStoreBase:
         )
         if res.rowcount != 1:
             return False
-        self._notify(conn, job_topic(job_id))
+        self._notify(job_topic(job_id))
         owner, url = conn.execute(sa.select(jobs.c.owner, jobs.c.webhook_url).where(jobs.c.id == job_id)).one()
         if url:
             # Only the address: the dispatcher renders the body when it posts (see jobs.webhooks).

@@ -94,7 +94,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                 )
             )
             self._insert_log(conn, job_id, "Request queued", "INFO", now)
-            self._notify(conn, WORK_TOPIC)
+            self._notify(WORK_TOPIC)
             job = self._fetch_job(conn, job_id)
         assert job is not None
         return job
@@ -188,7 +188,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                     )
                 )
                 if res.rowcount == 1:
-                    self._notify(conn, job_topic(candidate))
+                    self._notify(job_topic(candidate))
                     return self._fetch_job(conn, candidate)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState:
@@ -246,7 +246,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
             if res.rowcount != 1:
                 return False
             self._insert_log(conn, job_id, RELEASED_MESSAGE, "WARN", now)
-            self._notify(conn, WORK_TOPIC)
+            self._notify(WORK_TOPIC)
             return True
 
     @staticmethod
@@ -316,7 +316,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                 if res.rowcount == 1:
                     message = f"Worker lost; retrying (attempt {attempts + 1} of {max_attempts})"
                     self._insert_log(conn, job_id, message, "WARN", now)
-                    self._notify(conn, WORK_TOPIC)
+                    self._notify(WORK_TOPIC)
                     touched.append(job_id)
         return touched
 
