@@ -500,9 +500,9 @@ class WriteProbe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from photomaker_server.jobs.store import SQLJobStore
+        from photomaker_server.jobs.factory import open_job_store
 
-        store = SQLJobStore(self.db)
+        store = open_job_store(self.db)
         try:
             while not self.stop.wait(self.interval):
                 t0 = time.perf_counter()

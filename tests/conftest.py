@@ -62,6 +62,17 @@ def live_server(tiny_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (``PHOTOMAKER_TEST_DATABASE_URL``, or an embedded one); tests take a
+    fresh database each with ``pg_server.create_database()``."""
+    from pg_server import PgServer
+
+    server = PgServer.from_env_or_embedded()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 API for the session: SeaweedFS started here (killed at the end), or the operator's server named
     by ``PHOTOMAKER_TEST_S3_ENDPOINT``. Nothing here touches the environment: use ``s3_env`` for that."""

@@ -1,4 +1,9 @@
-"""Fixtures for the job store tests: a movable clock and a fresh store on a temp file."""
+"""Fixtures for the job store tests: a movable clock and a fresh store, on SQLite and on PostgreSQL.
+
+``backend`` is parametrized, so every test that uses ``store`` or ``db_path`` runs on both databases. ``db_path``
+is what ``SQLJobStore(...)`` opens: a file path for SQLite, the URL of a fresh database for PostgreSQL. A test
+about one database only parametrizes ``backend`` itself (``@pytest.mark.parametrize("backend", ["sqlite"])``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from photomaker_server.jobs.store import SQLJobStore
+from photomaker_server.jobs.sql import SQLJobStore
 
 
 class FakeClock:
@@ -27,13 +32,24 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def store(db_path: Path, clock: FakeClock):
+def db_path(backend: str, tmp_path: Path, request) -> Path | str:
+    if backend == "sqlite":
+        yield tmp_path / "jobs.db"
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def store(db_path, clock: FakeClock):
     s = SQLJobStore(db_path, clock=clock)
     yield s
     s.close()

@@ -7,7 +7,7 @@ import secrets
 import uuid
 
 from photomaker_server.jobs.housekeeping import Housekeeper
-from photomaker_server.jobs.store import SQLJobStore
+from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.jobs.webhooks import WebhookSigner
 from photomaker_server.settings import Settings
 from photomaker_server.storage.local import LocalStorage

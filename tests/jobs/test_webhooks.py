@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from photomaker_server.jobs.store import SQLJobStore
+from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.jobs.webhooks import (
     HEADER_REQUEST_ID,
     HEADER_SIGNATURE,
@@ -315,3 +315,55 @@ def test_run_forever_delivers_and_stops(tmp_path, signer, receiver):
     assert not thread.is_alive()
     assert len(receiver.requests) == 1
     store.close()
+
+
+def test_the_body_is_rendered_at_delivery_by_the_injected_renderer(tmp_path, signer, receiver):
+    store = SQLJobStore(tmp_path / "jobs.db")
+    job = finished_job(store, receiver.url)
+    rendered: list[str] = []
+
+    def render(j) -> bytes:  # noqa: ANN001
+        rendered.append(j.id)
+        return json.dumps({"custom": j.id, "seed": j.result["seed"]}).encode()
+
+    receiver.statuses = [500]
+    dispatcher = WebhookDispatcher(store, signer, render_body=render)
+    now = time.time()
+    dispatcher.run_once(now)
+    dispatcher.run_once(now + 15)
+    assert rendered == [job.id, job.id]
+    assert [json.loads(body) for _, body in receiver.requests] == [{"custom": job.id, "seed": 42}] * 2
+    assert all(verify(signer.jwks(), h, b) for h, b in receiver.requests)  # the rendered bytes are what is signed
+    store.close()
+
+
+def test_two_dispatchers_never_post_the_same_delivery(db_path, signer):
+    """Two processes' dispatchers (a store each) drain one outbox at once: each delivery is posted once."""
+    owner = SQLJobStore(db_path)
+    jobs = [finished_job(owner, f"https://example.com/hook/{i}") for i in range(24)]
+    posted: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def post(url, body, headers, timeout):  # noqa: ANN001
+        with lock:
+            posted.append(headers[HEADER_REQUEST_ID])
+        time.sleep(0.005)
+        return 200
+
+    def drain(store: SQLJobStore) -> None:
+        dispatcher = WebhookDispatcher(store, signer, http_post=post, batch_size=3)
+        barrier.wait()
+        while dispatcher.run_once():
+            pass
+
+    stores = [SQLJobStore(db_path) for _ in range(2)]
+    threads = [threading.Thread(target=drain, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(posted) == sorted(j.id for j in jobs)
+    assert all(owner.webhook_deliveries(j.id)[0].delivered_at is not None for j in jobs)
+    for s in [owner, *stores]:
+        s.close()

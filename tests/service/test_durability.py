@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from live_server import API_KEY, APP, LiveServer
 from photomaker_server.api.app import build_context, create_app
 from photomaker_server.api.auth import owner_id
-from photomaker_server.jobs.store import JobStatus, SQLJobStore
+from photomaker_server.jobs.records import JobStatus
+from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.settings import APP_ID, Settings
 from service.svc import Api, messages, small
 

@@ -16,7 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
-from ..jobs.store import JobStore, SQLJobStore
+from ..jobs.factory import open_job_store
+from ..jobs.protocol import JobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.factory import storage_from_settings
@@ -48,7 +49,7 @@ def build_context(settings: Settings, store: JobStore | None = None) -> AppConte
         demo_warning = DEMO_WARNING
     return AppContext(
         settings=settings,
-        store=store or SQLJobStore(settings.db_path),
+        store=store or open_job_store(settings.job_database_url),
         storage=storage_from_settings(settings),
         keys=KeyRing(settings),
         signer=WebhookSigner.load_or_create(settings.data_dir / "webhook-signing-key.pem"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..jobs.housekeeping import Housekeeper
-from ..jobs.store import JobStore
+from ..jobs.protocol import JobStore
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.base import FileStorage

@@ -17,8 +17,8 @@ from ..inputs.outbound import safe_post
 from ..settings import Settings
 from ..storage.base import FileStorage
 from .results import result_keys
-from .store import JobStore
-from .webhooks import WebhookDispatcher, WebhookSigner
+from .protocol import JobStore
+from .webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body
 
 log = logging.getLogger(__name__)
 TICK_S = 0.5
@@ -34,7 +34,7 @@ class Housekeeper:
             signer,
             http_post=lambda url, body, headers, timeout: safe_post(url, body, headers, timeout, policy),
             max_attempts=settings.webhook_max_attempts,
-            url_for=self.file_url,
+            render_body=lambda job: job_webhook_body(job, self.file_url),
         )
         self._threads: list[threading.Thread] = []
         self._last_cleanup = 0.0

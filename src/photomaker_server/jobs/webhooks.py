@@ -10,9 +10,9 @@ fal's contract, which existing receivers already implement and which we therefor
 * Retries: 10 attempts over about two hours (:func:`backoff_schedule`).
 
 Deliveries come from the job store's outbox (``webhook_deliveries``), so they survive restarts, and the
-dispatcher can run in any process that opens the store. The outbox body holds output images by storage key
-(it is written by the worker, which does not know the API's public URL); the dispatcher renders their URLs just
-before each attempt (``url_for``), then signs what it sends.
+dispatcher can run in any process that opens the store. The outbox holds only where to post; the dispatcher
+renders the body from the finished job when it posts (``render_body``: output images' URLs are rendered from their
+storage keys then, by the API process that knows the public URL), so the store never builds webhook bodies.
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from photomaker_server.jobs.results import UrlRenderer, render_result
-
-if TYPE_CHECKING:  # the store imports this module; only type names flow back
-    from photomaker_server.jobs.store import Delivery, Job, JobStore
+from .protocol import JobStore
+from .records import Delivery, Job
+from .results import UrlRenderer, render_result
 
 __all__ = [
     "HEADER_REQUEST_ID",
@@ -48,7 +47,6 @@ __all__ = [
     "WebhookSigner",
     "backoff_schedule",
     "job_webhook_body",
-    "render_webhook_body",
     "signed_message",
     "verify",
     "webhook_body",
@@ -96,26 +94,11 @@ def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str
 
 
 def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
-    """:func:`webhook_body` for a finished job (the store's default body builder). ``url_for`` renders the URLs
-    of stored images from their keys; without it the keys stay (see :func:`render_webhook_body`)."""
+    """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``). ``url_for`` renders the URLs
+    of stored images from their keys; without it the keys stay."""
     if job.error is None:
         return webhook_body(job.id, render_result(job.result, url_for), None)
     return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
-
-
-def render_webhook_body(body: str, url_for: UrlRenderer) -> str:
-    """An outbox body with the URLs of its stored images rendered from their keys (bodies without keys, or
-    not ours to parse, come back unchanged)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(data, dict) or data.get("status") != "OK" or not isinstance(data.get("payload"), dict):
-        return body
-    rendered = render_result(data["payload"], url_for)
-    if rendered is data["payload"]:
-        return body
-    return json.dumps({**data, "payload": rendered}, ensure_ascii=False, separators=(",", ":"))
 
 
 # --- signatures -------------------------------------------------------------------------------------------------
@@ -286,8 +269,8 @@ class WebhookDispatcher:
 
     ``policy_check(url)`` runs before every attempt and raises to refuse (SSRF: private addresses); a refusal
     counts as a failed attempt, since DNS can change. ``http_post`` is injectable so the service can connect
-    to the very address ``policy_check`` approved, and tests can record calls. ``url_for`` renders the URLs
-    of stored images in the body at each attempt (:func:`render_webhook_body`).
+    to the very address ``policy_check`` approved, and tests can record calls. ``render_body(job)`` builds the
+    bytes to POST (and sign) for a finished job, at each attempt.
     """
 
     def __init__(
@@ -297,18 +280,18 @@ class WebhookDispatcher:
         policy_check: Callable[[str], None] = lambda url: None,
         http_post: HttpPost = httpx_post,
         *,
+        render_body: Callable[[Job], bytes] = job_webhook_body,
         max_attempts: int = 10,
         schedule: list[float] | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         batch_size: int = 8,
         clock: Callable[[], float] = time.time,
-        url_for: UrlRenderer | None = None,
     ) -> None:
         self.store = store
-        self.url_for = url_for
         self.signer = signer
         self.policy_check = policy_check
         self.http_post = http_post
+        self.render_body = render_body
         self.max_attempts = max_attempts
         self.schedule = backoff_schedule(max_attempts) if schedule is None else list(schedule)
         self.timeout = timeout
@@ -322,9 +305,12 @@ class WebhookDispatcher:
 
     def attempt(self, delivery: Delivery) -> str | None:
         """One POST. None on a 2xx answer, otherwise why it failed."""
+        # Outside the try: a database that is down is not the receiver's failed attempt (the pass is retried).
+        job = self.store.get(delivery.job_id, with_input=False)
+        if job is None:
+            return "the request no longer exists"
         try:
-            text = render_webhook_body(delivery.body, self.url_for) if self.url_for else delivery.body
-            body = text.encode("utf-8")
+            body = self.render_body(job)
             self.policy_check(delivery.url)
             headers = self.signer.headers(delivery.job_id, delivery.owner, body, int(self.clock()))
             headers["User-Agent"] = "photomaker-server-webhooks"

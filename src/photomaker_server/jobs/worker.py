@@ -28,7 +28,9 @@ from ..settings import Settings
 from ..storage.base import StorageUnavailable
 from ..storage.factory import storage_from_settings
 from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
-from .store import CANCELLED_ERROR, Job, SQLJobStore
+from .factory import open_job_store
+from .protocol import JobStore
+from .records import CANCELLED_ERROR, Job
 
 log = logging.getLogger(__name__)
 #: How often an idle worker looks for work; a cheap read (``has_work``), so it can be short.
@@ -45,7 +47,7 @@ class JobRun:
     loop wait for the database's write lock (an API busy with submits can hold it for a while).
     """
 
-    def __init__(self, store: SQLJobStore, job: Job, worker_id: str, lease_s: float) -> None:
+    def __init__(self, store: JobStore, job: Job, worker_id: str, lease_s: float) -> None:
         self.store, self.job, self.worker_id, self.lease_s = store, job, worker_id, lease_s
         self.cancelled = threading.Event()
         self.lease_lost = threading.Event()
@@ -113,7 +115,7 @@ class Worker:
     def __init__(self, settings: Settings, engine: Any = None) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.store = SQLJobStore(settings.db_path)
+        self.store = open_job_store(settings.job_database_url)
         self.storage = storage_from_settings(settings)
         self.inputs = InputLoader(settings, self.storage)
         self.status = WorkerStatus(self.worker_id, os.getpid(), demo_model=settings.tiny)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.results import UrlRenderer, render_result
-from ...jobs.store import CancelOutcome, Job, JobStatus, parse_priority
+from ...jobs.records import CancelOutcome, Job, JobStatus, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx

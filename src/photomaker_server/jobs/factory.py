@@ -1,0 +1,30 @@
+"""The one place that turns a database setting into a job store.
+
+Accepted: a filesystem path or ``sqlite:///path`` (SQLite, one host), ``postgresql://…`` / ``postgres://…`` /
+``postgresql+psycopg://…`` (PostgreSQL through psycopg 3; replicas and workers on several hosts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .protocol import JobStore
+from .sql import SQLJobStore
+
+__all__ = ["open_job_store"]
+
+
+def open_job_store(
+    url: str | Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    publish: Callable[[str], None] | None = None,
+) -> JobStore:
+    """Open (creating or upgrading the schema as needed) the job store at ``url``.
+
+    ValueError for an unsupported URL; :class:`~photomaker_server.jobs.records.SchemaTooNew` when a newer release
+    migrated the database; :class:`~photomaker_server.jobs.records.StoreUnavailable` when it cannot be reached.
+    """
+    return SQLJobStore(url, clock=clock, publish=publish)

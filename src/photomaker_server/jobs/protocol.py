@@ -1,0 +1,91 @@
+"""The :class:`JobStore` protocol: everything the API, the worker, the housekeeper and the webhook dispatcher
+rely on. Consumers are typed against this, never against a backend, so the backend is chosen in one place
+(:func:`photomaker_server.jobs.factory.open_job_store`).
+
+Times are float epoch seconds from the store's clock. Every method raises
+:class:`~photomaker_server.jobs.records.StoreUnavailable` when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .records import CancelOutcome, Delivery, Job, LeaseState, LogLine, WorkerInfo
+
+__all__ = ["JobStore"]
+
+
+class JobStore(Protocol):
+    # -- requests --
+    def submit(
+        self,
+        owner: str,
+        app: str,
+        input: dict[str, Any],
+        *,
+        priority: str | int = "normal",
+        start_deadline: float | None = None,
+        webhook_url: str | None = None,
+        max_attempts: int = 3,
+    ) -> Job: ...
+
+    def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None: ...
+
+    def queue_position(self, job: Job) -> int: ...
+
+    def request_cancel(self, job_id: str, owner: str | None) -> CancelOutcome: ...
+
+    def append_log(self, job_id: str, message: str, level: str = "INFO") -> LogLine: ...
+
+    def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]: ...
+
+    # -- the worker side --
+    def has_work(self) -> bool: ...
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Job | None: ...
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState: ...
+
+    def complete(
+        self, job_id: str, worker_id: str, result: dict[str, Any], inference_time: float | None = None
+    ) -> bool: ...
+
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool: ...
+
+    def release(self, job_id: str, worker_id: str) -> bool: ...
+
+    # -- housekeeping and metrics --
+    def expire_deadlines(self) -> list[str]: ...
+
+    def requeue_expired_leases(self) -> list[str]: ...
+
+    def cleanup(self, older_than_seconds: float) -> list[Job]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def outcomes(self) -> dict[str, int]: ...
+
+    def now(self) -> float: ...
+
+    # -- webhook outbox --
+    def due_webhooks(
+        self, now: float | None = None, limit: int = 20, lease_seconds: float = 120.0
+    ) -> list[Delivery]: ...
+
+    def mark_webhook(
+        self, delivery_id: int, ok: bool, error: str | None = None, next_attempt_at: float | None = None
+    ) -> None: ...
+
+    def webhook_deliveries(self, job_id: str) -> list[Delivery]: ...
+
+    # -- the cluster: worker registry and shared secrets --
+    def heartbeat(self, info: WorkerInfo) -> None: ...
+
+    def remove_worker(self, worker_id: str) -> None: ...
+
+    def workers(self, max_age_s: float | None = 15.0) -> list[WorkerInfo]: ...
+
+    def shared_secret(self, name: str, create: Callable[[], bytes]) -> bytes: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,81 @@
+"""SQLite specifics: WAL and PRAGMAs on every connection, and explicit BEGIN modes.
+
+pysqlite's own implicit transaction handling is switched off (``isolation_level = None``) so that the ``begin``
+event decides how a transaction starts: ``BEGIN IMMEDIATE`` for writers, a plain deferred ``BEGIN`` (a consistent
+WAL snapshot, no lock) for readers. Taking the write lock up front is what makes a claim atomic across processes
+(a deferred transaction that reads and then writes can fail to upgrade its lock), and what serialises processes
+that open (and migrate) a fresh database together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from .schema import jobs
+
+#: Execution option marking a connection whose transaction will write (→ ``BEGIN IMMEDIATE``).
+WRITE_OPTION = "photomaker_write"
+
+
+class SQLiteBackend:
+    name = "sqlite"
+
+    def __init__(self, busy_timeout_s: float = 30.0) -> None:
+        self.busy_timeout_s = busy_timeout_s
+
+    def create_engine(self, url: sa.URL) -> Engine:
+        kwargs: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout_s},
+        }
+        if url.database in (None, "", ":memory:"):
+            # One shared connection, or every checkout would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+        engine = sa.create_engine(url, **kwargs)
+        event.listen(engine, "connect", self._on_connect)
+        event.listen(engine, "begin", self._on_begin)
+        return engine
+
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: durable across process crashes; only an OS crash may lose the last commits.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    # -- what the store asks of a backend --
+
+    @staticmethod
+    def prepare_write(conn: Connection) -> None:
+        """Before ``begin()``: make the transaction take the write lock at once."""
+        conn.execution_options(**{WRITE_OPTION: True})
+
+    @staticmethod
+    def next_seq(conn: Connection) -> int:
+        # Safe without a sequence: every writer holds the database lock (BEGIN IMMEDIATE).
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.seq), 0) + 1)).scalar_one())
+
+    @staticmethod
+    def insert(table: sa.Table) -> Any:
+        """An INSERT that supports ``on_conflict_do_update`` / ``on_conflict_do_nothing``."""
+        return sqlite_insert(table)
+
+    @staticmethod
+    def lock_migrations(conn: Connection) -> None:
+        """Nothing to do: the migration transaction is BEGIN IMMEDIATE (see :meth:`prepare_write`)."""

@@ -1,0 +1,422 @@
+"""The job store on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
+
+Lifecycle of a job: ``queued`` → ``running`` (claimed with a lease the worker keeps renewing) → ``completed``.
+Failures and cancellations are ``completed`` with ``error``/``error_type``, as fal reports them. A running job
+whose lease expires (the worker died) goes back to ``queued`` until ``max_attempts`` is used up; a worker that
+shuts down hands its job back at once (:meth:`SQLJobStore.release`).
+
+Portable SQL only; what differs per database lives in ``sqlite.py`` / ``postgres.py``. Every state change is a
+guarded ``UPDATE … WHERE status = …`` whose row count is checked, so a lost race between processes (or hosts) is
+detected rather than silently overwriting another's work. Rows that one transaction updates in a loop are
+visited in id order, so two PostgreSQL transactions never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..records import (
+    CANCELLED_ERROR,
+    ERROR_TYPE_CANCELLED,
+    ERROR_TYPE_REQUEST_TIMEOUT,
+    ERROR_TYPE_RUNNER,
+    RELEASED_MESSAGE,
+    REQUEST_TIMEOUT_ERROR,
+    CancelOutcome,
+    Job,
+    JobStatus,
+    LeaseState,
+    LogLine,
+    parse_priority,
+)
+from .base import WORK_TOPIC, job_topic
+from .cluster import ClusterMixin
+from .outbox import OutboxMixin
+from .rows import chunks, dumps, to_job, to_log_line
+from .schema import QUEUE_ORDER, WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
+
+__all__ = ["SQLJobStore"]
+
+_QUEUED = JobStatus.QUEUED.value
+_RUNNING = JobStatus.RUNNING.value
+_COMPLETED = JobStatus.COMPLETED.value
+
+
+class SQLJobStore(OutboxMixin, ClusterMixin):
+    """:class:`~photomaker_server.jobs.protocol.JobStore` on SQLite or PostgreSQL. Open one per process; it is
+    safe to share between threads.
+
+    ``url_or_path``: a filesystem path (``data_dir/jobs.db``), ``":memory:"`` (single-process tests), a
+    ``sqlite://`` URL, or a ``postgresql://`` URL. Opening upgrades the schema (see ``schema_version``).
+    ``publish(topic)`` is called after commits: ``"work"`` when a job became claimable, ``"job:<id>"`` when a
+    job's status, logs or cancel flag changed.
+    """
+
+    # -- submit & read --
+
+    def submit(
+        self,
+        owner: str,
+        app: str,
+        input: dict[str, Any],
+        *,
+        priority: str | int = "normal",
+        start_deadline: float | None = None,
+        webhook_url: str | None = None,
+        max_attempts: int = 3,
+    ) -> Job:
+        """Queue a request. ``start_deadline`` is absolute epoch seconds (now + X-Fal-Request-Timeout)."""
+        prio = parse_priority(priority)
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        now = self._clock()
+        job_id = str(uuid.uuid4())
+        with self._write() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    seq=self._backend.next_seq(conn),
+                    owner=owner,
+                    app=app,
+                    input=dumps(input),
+                    status=_QUEUED,
+                    priority=prio,
+                    created_at=now,
+                    start_deadline=start_deadline,
+                    attempts=0,
+                    max_attempts=max_attempts,
+                    cancel_requested=False,
+                    webhook_url=webhook_url or None,
+                )
+            )
+            self._insert_log(conn, job_id, "Request queued", "INFO", now)
+            self._notify(WORK_TOPIC)
+            job = self._fetch_job(conn, job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None:
+        """The job, or None when it does not exist or (``owner`` given) belongs to someone else.
+
+        ``with_input=False`` skips the (possibly large) input; status endpoints should use it.
+        """
+        query = (sa.select(jobs) if with_input else sa.select(*WITHOUT_INPUT)).where(jobs.c.id == job_id)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else to_job(row)
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs run before ``job`` (0: it is next). 0 for a job that is not queued.
+
+        Queued jobs whose start deadline already passed are not counted: they will never run.
+        """
+        if job.status != JobStatus.QUEUED:
+            return 0
+        now = self._clock()
+        c = jobs.c
+        with self._read() as conn:
+            seq = conn.execute(sa.select(c.seq).where(c.id == job.id)).scalar()
+            if seq is None:
+                return 0
+            ahead = sa.or_(
+                c.priority > job.priority,
+                sa.and_(
+                    c.priority == job.priority,
+                    sa.or_(c.created_at < job.created_at, sa.and_(c.created_at == job.created_at, c.seq < seq)),
+                ),
+            )
+            alive = sa.or_(c.start_deadline.is_(None), c.start_deadline >= now, c.started_at.is_not(None))
+            query = sa.select(sa.func.count()).select_from(jobs).where(c.status == _QUEUED, ahead, alive)
+            return int(conn.execute(query).scalar_one())
+
+    # -- the worker side --
+
+    def has_work(self) -> bool:
+        """Whether :meth:`claim` could find anything: a queued job, or a running one whose lease has expired.
+
+        A read, so an idle worker can look often without taking a write lock each time."""
+        now = self._clock()
+        with self._read() as conn:
+            found = conn.execute(
+                sa.select(jobs.c.id)
+                .where(
+                    sa.or_(
+                        jobs.c.status == _QUEUED,
+                        sa.and_(jobs.c.status == _RUNNING, jobs.c.lease_expires_at < now),
+                    )
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
+        """Atomically take the next runnable job (highest priority, oldest first) and lease it to ``worker_id``.
+
+        Housekeeping runs in the same transaction first, so a lone worker needs no separate janitor: queued
+        jobs past their start deadline fail with ``request_timeout``, and jobs of a worker that died (lease
+        expired) are requeued or given up.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            self._expire_deadlines(conn, now)
+            self._requeue_expired(conn, now)
+            while True:
+                candidate = conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.status == _QUEUED)
+                    .order_by(*QUEUE_ORDER)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite relies on BEGIN IMMEDIATE
+                ).scalar()
+                if candidate is None:
+                    return None
+                res = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == candidate, jobs.c.status == _QUEUED)
+                    .values(
+                        status=_RUNNING,
+                        attempts=jobs.c.attempts + 1,
+                        started_at=now,
+                        lease_owner=worker_id,
+                        lease_expires_at=now + lease_seconds,
+                    )
+                )
+                if res.rowcount == 1:
+                    self._notify(job_topic(candidate))
+                    return self._fetch_job(conn, candidate)
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState:
+        """Extend the lease while the worker still holds it; also tells it whether to stop (cancel)."""
+        now = self._clock()
+        with self._write() as conn:
+            res = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, self._held_by(worker_id))
+                .values(lease_expires_at=now + lease_seconds)
+            )
+            cancel = conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar()
+        return LeaseState(held=res.rowcount == 1, cancel_requested=bool(cancel))
+
+    def complete(
+        self, job_id: str, worker_id: str, result: dict[str, Any], inference_time: float | None = None
+    ) -> bool:
+        """Record success. False (and nothing changes) when ``worker_id`` no longer holds the lease."""
+        now = self._clock()
+        with self._write() as conn:
+            return self._finish(
+                conn, job_id, now, guard=self._held_by(worker_id), result=result, inference_time=inference_time
+            )
+
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool:
+        """Record failure (or a cancellation the worker acted on: ``CANCELLED_ERROR``/``client_cancelled``)."""
+        now = self._clock()
+        with self._write() as conn:
+            return self._finish(conn, job_id, now, guard=self._held_by(worker_id), error=error, error_type=error_type)
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Hand a running job back to the queue at once (its worker is shutting down); the attempt does not count.
+
+        A job whose cancellation was requested is completed as cancelled instead. False when ``worker_id`` no
+        longer holds the lease (nothing changes).
+        """
+        now = self._clock()
+        guard = self._held_by(worker_id)
+        with self._write() as conn:
+            cancel = conn.execute(
+                sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id, guard).with_for_update()
+            ).scalar()
+            if cancel is None:
+                return False
+            if cancel:
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                    self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
+                    return True
+                return False
+            res = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, guard)
+                .values(status=_QUEUED, attempts=jobs.c.attempts - 1, lease_owner=None, lease_expires_at=None)
+            )
+            if res.rowcount != 1:
+                return False
+            self._insert_log(conn, job_id, RELEASED_MESSAGE, "WARN", now)
+            self._notify(WORK_TOPIC)
+            return True
+
+    @staticmethod
+    def _held_by(worker_id: str) -> sa.ColumnElement[bool]:
+        return sa.and_(jobs.c.status == _RUNNING, jobs.c.lease_owner == worker_id)
+
+    # -- housekeeping --
+
+    def expire_deadlines(self) -> list[str]:
+        """Fail queued jobs that were not started before their deadline; returns their ids."""
+        now = self._clock()
+        with self._write() as conn:
+            return self._expire_deadlines(conn, now)
+
+    def _expire_deadlines(self, conn: Connection, now: float) -> list[str]:
+        # started_at set: it did start once (then was requeued or released) — the deadline is about starting.
+        guard = sa.and_(
+            jobs.c.status == _QUEUED,
+            jobs.c.start_deadline.is_not(None),
+            jobs.c.start_deadline < now,
+            jobs.c.started_at.is_(None),
+        )
+        ids = list(conn.execute(sa.select(jobs.c.id).where(guard).order_by(jobs.c.id)).scalars())
+        expired = []
+        for job_id in ids:
+            if self._finish(
+                conn, job_id, now, guard=guard, error=REQUEST_TIMEOUT_ERROR, error_type=ERROR_TYPE_REQUEST_TIMEOUT
+            ):
+                self._insert_log(conn, job_id, REQUEST_TIMEOUT_ERROR, "ERROR", now)
+                expired.append(job_id)
+        return expired
+
+    def requeue_expired_leases(self) -> list[str]:
+        """Recover jobs whose worker died: back to the queue, or give up after ``max_attempts``.
+
+        Returns the ids of every job touched. A job whose cancellation was requested is completed as
+        cancelled instead of running again.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            return self._requeue_expired(conn, now)
+
+    def _requeue_expired(self, conn: Connection, now: float) -> list[str]:
+        guard = sa.and_(jobs.c.status == _RUNNING, jobs.c.lease_expires_at < now)
+        rows = conn.execute(
+            sa.select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.cancel_requested)
+            .where(guard)
+            .order_by(jobs.c.id)
+        ).all()
+        touched = []
+        for job_id, attempts, max_attempts, cancel_requested in rows:
+            if cancel_requested:
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                    self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
+                    touched.append(job_id)
+            elif attempts >= max_attempts:
+                message = f"The request failed {attempts} times (the worker stopped while running it)"
+                if self._finish(conn, job_id, now, guard=guard, error=message, error_type=ERROR_TYPE_RUNNER):
+                    self._insert_log(conn, job_id, message, "ERROR", now)
+                    touched.append(job_id)
+            else:
+                res = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id, guard)
+                    .values(status=_QUEUED, lease_owner=None, lease_expires_at=None)
+                )
+                if res.rowcount == 1:
+                    message = f"Worker lost; retrying (attempt {attempts + 1} of {max_attempts})"
+                    self._insert_log(conn, job_id, message, "WARN", now)
+                    self._notify(WORK_TOPIC)
+                    touched.append(job_id)
+        return touched
+
+    def cleanup(self, older_than_seconds: float) -> list[Job]:
+        """Delete completed jobs that finished more than ``older_than_seconds`` ago, with their logs and
+        webhook rows, and worker registry rows silent for a day. Returns the jobs (without ``input``) so the
+        caller can delete their output files."""
+        now = self._clock()
+        cutoff = now - older_than_seconds
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(*WITHOUT_INPUT)
+                .where(jobs.c.status == _COMPLETED, jobs.c.finished_at < cutoff)
+                .order_by(jobs.c.id)
+            ).all()
+            removed = [to_job(r) for r in rows]
+            for chunk in chunks([j.id for j in removed]):
+                conn.execute(sa.delete(job_logs).where(job_logs.c.job_id.in_(chunk)))
+                conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.job_id.in_(chunk)))
+                conn.execute(sa.delete(jobs).where(jobs.c.id.in_(chunk)))
+            self._prune_workers(conn, now)
+        return removed
+
+    # -- logs --
+
+    def append_log(self, job_id: str, message: str, level: str = "INFO") -> LogLine:
+        """Add a log line (levels: INFO WARN ERROR DEBUG STDOUT STDERR). KeyError for an unknown job."""
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).scalar()
+                if exists is None:
+                    raise KeyError(job_id)
+                return self._insert_log(conn, job_id, message, level, now)
+        except sa.exc.IntegrityError:  # PostgreSQL: cleanup deleted the job between the check and the insert
+            raise KeyError(job_id) from None
+
+    def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
+        """Log lines in order; ``after_id`` returns only newer ones (what an SSE stream sends next)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(job_logs).where(job_logs.c.job_id == job_id, job_logs.c.id > after_id).order_by(job_logs.c.id)
+            ).all()
+        return [to_log_line(r) for r in rows]
+
+    # -- cancellation --
+
+    def request_cancel(self, job_id: str, owner: str | None) -> CancelOutcome:
+        """Cancel on behalf of ``owner`` (None: any owner, for operators). See :class:`CancelOutcome`."""
+        now = self._clock()
+        with self._write() as conn:
+            # FOR UPDATE: on PostgreSQL the status cannot change (a claim) between this read and the update.
+            query = sa.select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
+            if owner is not None:
+                query = query.where(jobs.c.owner == owner)
+            status = conn.execute(query).scalar()
+            if status is None:
+                return CancelOutcome.NOT_FOUND
+            if status == _COMPLETED:
+                return CancelOutcome.ALREADY_COMPLETED
+            if status == _QUEUED:
+                if self._finish(
+                    conn, job_id, now, guard=jobs.c.status == _QUEUED, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED
+                ):
+                    self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
+                    return CancelOutcome.REMOVED
+                return CancelOutcome.ALREADY_COMPLETED  # unreachable while the row is locked
+            res = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.cancel_requested.is_(False))
+                .values(cancel_requested=True)
+            )
+            if res.rowcount == 1:  # log it once, however often the client asks
+                self._insert_log(conn, job_id, "Cancellation requested", "WARN", now)
+            return CancelOutcome.REQUESTED
+
+    # -- metrics --
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status (every status present, zero-filled); ``counts()["queued"]`` is the queue depth."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
+        out = {s.value: 0 for s in JobStatus}
+        out.update({status: int(n) for status, n in rows})
+        return out
+
+    def outcomes(self) -> dict[str, int]:
+        """Completed jobs still stored, by outcome: ``ok``, ``error``, ``cancelled``.
+
+        These shrink when :meth:`cleanup` runs, so export them as gauges, not counters.
+        """
+        kind = sa.case(
+            (jobs.c.error.is_(None), "ok"),
+            (jobs.c.error_type == ERROR_TYPE_CANCELLED, "cancelled"),
+            else_="error",
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(kind, sa.func.count()).where(jobs.c.status == _COMPLETED).group_by(kind)
+            ).all()
+        out = {"ok": 0, "error": 0, "cancelled": 0}
+        out.update({k: int(n) for k, n in rows})
+        return out

@@ -1,0 +1,103 @@
+"""A PostgreSQL outage: every store call raises StoreUnavailable (the API answers 503), and the same store object
+works again once the server is back, without being reopened."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from pg_server import PgServer
+from photomaker_server.jobs.records import StoreUnavailable, WorkerInfo
+from photomaker_server.jobs.sql import SQLJobStore
+
+APP = "fal-ai/photomaker"
+
+CALLS = {
+    "submit": lambda s, j: s.submit("alice", APP, {}),
+    "get": lambda s, j: s.get(j.id),
+    "queue_position": lambda s, j: s.queue_position(j),
+    "has_work": lambda s, j: s.has_work(),
+    "claim": lambda s, j: s.claim("w", 30),
+    "renew_lease": lambda s, j: s.renew_lease(j.id, "w", 30),
+    "complete": lambda s, j: s.complete(j.id, "w", {}),
+    "fail": lambda s, j: s.fail(j.id, "w", "x", "runner_server_error"),
+    "release": lambda s, j: s.release(j.id, "w"),
+    "append_log": lambda s, j: s.append_log(j.id, "hello"),
+    "logs": lambda s, j: s.logs(j.id),
+    "request_cancel": lambda s, j: s.request_cancel(j.id, None),
+    "expire_deadlines": lambda s, j: s.expire_deadlines(),
+    "requeue_expired_leases": lambda s, j: s.requeue_expired_leases(),
+    "cleanup": lambda s, j: s.cleanup(3600),
+    "counts": lambda s, j: s.counts(),
+    "outcomes": lambda s, j: s.outcomes(),
+    "due_webhooks": lambda s, j: s.due_webhooks(),
+    "mark_webhook": lambda s, j: s.mark_webhook(1, ok=True),
+    "webhook_deliveries": lambda s, j: s.webhook_deliveries(j.id),
+    "heartbeat": lambda s, j: s.heartbeat(WorkerInfo(id="w", host="h", pid=1)),
+    "remove_worker": lambda s, j: s.remove_worker("w"),
+    "workers": lambda s, j: s.workers(),
+    "shared_secret": lambda s, j: s.shared_secret("k", lambda: b"v"),
+}
+
+
+@pytest.fixture
+def private_pg(pg_server):
+    """A server the test may stop: the session's embedded one (restarted afterwards), or a server of its own
+    when the session uses an operator's server."""
+    if pg_server.embedded is not None:
+        yield pg_server
+        pg_server.start()
+        return
+    server = PgServer.embedded()
+    yield server
+    server.cleanup()
+
+
+def test_an_outage_raises_store_unavailable_and_the_store_recovers(private_pg):
+    url = private_pg.create_database()
+    store = SQLJobStore(url)
+    try:
+        job = store.submit("alice", APP, {})
+        private_pg.stop()
+        for name, call in CALLS.items():
+            with pytest.raises(StoreUnavailable):
+                call(store, job)
+            assert name  # (named in the traceback when it does not raise)
+        with pytest.raises(StoreUnavailable):
+            SQLJobStore(url)  # opening during the outage, too
+        private_pg.start()
+        assert store.get(job.id).id == job.id  # the same object, no reopen
+        assert store.claim("w", 30).id == job.id
+        assert store.complete(job.id, "w", {"ok": True})
+        assert store.counts()["completed"] == 1
+    finally:
+        store.close()
+
+
+def test_dropped_connections_are_replaced_transparently(private_pg):
+    """The server kills every session (a failover, an idle timeout): the pool notices and reconnects."""
+    url = private_pg.create_database()
+    store = SQLJobStore(url)
+    try:
+        job = store.submit("alice", APP, {})
+        admin = sa.create_engine(private_pg.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = :db AND pid <> pg_backend_pid()"
+            ), {"db": sa.make_url(url).database}).scalar()
+        assert killed >= 1
+        assert store.get(job.id).id == job.id
+
+        # Dropped in the middle of a transaction: that call fails as unavailable (it may or may not have been
+        # applied, so it is not retried silently), and the next one works.
+        with pytest.raises(StoreUnavailable):
+            with store._write() as conn:
+                pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+                with admin.connect() as other:
+                    other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                conn.execute(sa.text("SELECT 1"))
+        admin.dispose()
+        assert store.claim("w", 30).id == job.id
+    finally:
+        store.close()
