@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: How often a worker writes its row; a row older than STALE_AFTER_S is a worker that is gone.
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 15.0
 #: Upper bounds (seconds) of the inference-time histogram buckets.
 INFERENCE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 #: A worker's life: starting → loading (the model) → ready, or error (the model could not be loaded);
