@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -45,6 +45,23 @@ class Settings(BaseSettings):
     #: Where files live: empty (``data_dir/files``), a directory / ``file:///dir``, or ``s3://bucket/prefix``
     #: (endpoint and credentials from the standard ``AWS_*`` variables; see docs/operations.md).
     storage_url: str = ""
+
+    # --- the shared substrate (the same on every API replica and worker) -----------------------------
+    #: SQLAlchemy URL of the job database. Empty: the SQLite file ``jobs.db`` in the data dir (one machine).
+    #: ``postgresql://user:pass@host/db`` (psycopg 3) for API replicas and workers on several machines.
+    database_url: str = ""
+    #: Where uploads and generated images live. Empty: ``files/`` in the data dir (one machine).
+    #: ``s3://bucket/prefix`` for any S3-compatible store (endpoint and credentials: the standard AWS variables).
+    storage_url: str = ""
+    #: Public or CDN base URL of the bucket: file URLs point there instead of at the API's ``/files/`` route.
+    storage_public_url: str = ""
+    #: Hand out presigned URLs of the bucket valid this long (seconds) instead of the API's ``/files/`` route.
+    storage_presign_seconds: int = 0
+    #: Secrets every process must agree on. Unset: created once in the job database (see shared_secrets.py).
+    upload_secret: SecretStr | None = None
+    token_secret: SecretStr | None = None
+    #: Ed25519 private key (PEM text) that signs webhooks.
+    webhook_signing_key: SecretStr | None = None
 
     #: "text" for people, "json" for log collectors (one object per line).
     log_format: str = "text"
@@ -113,6 +130,17 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "jobs.db"
+
+    @property
+    def job_database_url(self) -> str:
+        """The job database to open: the configured URL, else the data dir's SQLite file."""
+        return self.database_url or f"sqlite:///{self.db_path.expanduser().resolve()}"
+
+    def secret_values(self) -> dict[str, str]:
+        """The secrets set in configuration (name → value); unset ones are absent."""
+        named = {"upload_secret": self.upload_secret, "token_secret": self.token_secret,
+                 "webhook_signing_key": self.webhook_signing_key}
+        return {name: value.get_secret_value() for name, value in named.items() if value is not None}
 
     @property
     def files_dir(self) -> Path:

@@ -8,23 +8,40 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from ...engine.options import IMAGE_SIZE_PRESETS
 from ...engine.styles import default_style, style_names
-from ...jobs.status import INFERENCE_BUCKETS, read_statuses
+from ...jobs.records import WorkerInfo, iso_utc
+from ...worker.stats import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ...settings import APP_ID
 from ..context import get_ctx
+from ..metrics import CONTENT_TYPE_LATEST, render_metrics
 
 router = APIRouter(tags=["operations"])
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
-def _workers(ctx) -> list:  # noqa: ANN001
-    return [w for w in read_statuses(ctx.settings.data_dir) if w.fresh]
+def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
+    """Every live worker of the deployment (heartbeat within the staleness window), from the job database."""
+    return ctx.store.workers(max_age_s=WORKER_STALE_AFTER_S)
 
 
-@router.get("/health", summary="Liveness, and what this server runs")
+def _describe(worker: WorkerInfo) -> dict:
+    return {
+        "id": worker.id,
+        "host": worker.host,
+        "state": worker.state,
+        "detail": worker.detail,
+        "device": worker.device,
+        "demo_model": worker.demo_model,
+        "loaded_bases": worker.loaded_bases,
+        "current_job": worker.current_job,
+        "last_heartbeat": iso_utc(worker.heartbeat_at),
+    }
+
+
+@router.get("/health", summary="Liveness, what this deployment runs, and every live worker")
 def health(request: Request) -> dict:
     ctx = get_ctx(request)
     workers = _workers(ctx)
@@ -44,59 +61,21 @@ def health(request: Request) -> dict:
         "styles": style_names(),
         "default_style": default_style(),
         "image_size_presets": list(IMAGE_SIZE_PRESETS),
-        "workers": [{"state": w.state, "detail": w.detail, "device": w.device, "loaded_bases": w.loaded_bases}
-                    for w in workers],
+        "workers": [_describe(w) for w in workers],
     }
 
 
-@router.get("/ready", summary="Ready when a worker has its model loaded")
+@router.get("/ready", summary="Ready when at least one live worker has its model loaded")
 def ready(request: Request) -> JSONResponse:
     workers = _workers(get_ctx(request))
     is_ready = any(w.state == "ready" for w in workers)
-    body = {"ready": is_ready, "workers": [{"state": w.state, "detail": w.detail} for w in workers]}
+    body = {"ready": is_ready, "workers": [_describe(w) for w in workers]}
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
-    ctx = get_ctx(request)
-    counts = ctx.store.counts()
-    outcomes = ctx.store.outcomes()
-    workers = _workers(ctx)
-    lines = [
-        "# HELP photomaker_queue_depth Requests waiting in the queue.",
-        "# TYPE photomaker_queue_depth gauge",
-        f"photomaker_queue_depth {counts.get('queued', 0)}",
-        "# HELP photomaker_jobs_running Requests being generated now.",
-        "# TYPE photomaker_jobs_running gauge",
-        f"photomaker_jobs_running {counts.get('running', 0)}",
-        "# HELP photomaker_jobs_finished Finished requests kept in the store, by outcome.",
-        "# TYPE photomaker_jobs_finished gauge",
-    ]
-    lines += [f'photomaker_jobs_finished{{outcome="{k}"}} {v}' for k, v in sorted(outcomes.items())]
-    lines += [
-        "# HELP photomaker_workers_ready Workers with the model loaded.",
-        "# TYPE photomaker_workers_ready gauge",
-        f"photomaker_workers_ready {sum(w.state == 'ready' for w in workers)}",
-        "# HELP photomaker_inference_seconds Time from the start of generation to its images.",
-        "# TYPE photomaker_inference_seconds histogram",
-    ]
-    for i, bound in enumerate(INFERENCE_BUCKETS):
-        lines.append(f'photomaker_inference_seconds_bucket{{le="{bound}"}} {sum(w.inference_buckets[i] for w in workers)}')
-    count = sum(w.inference_count for w in workers)
-    lines += [
-        f'photomaker_inference_seconds_bucket{{le="+Inf"}} {count}',
-        f"photomaker_inference_seconds_sum {sum(w.inference_seconds_sum for w in workers):.6f}",
-        f"photomaker_inference_seconds_count {count}",
-        "# HELP photomaker_denoise_step_seconds Time per denoising step (UNet + scheduler).",
-        "# TYPE photomaker_denoise_step_seconds summary",
-        f"photomaker_denoise_step_seconds_sum {sum(w.step_seconds_sum for w in workers):.6f}",
-        f"photomaker_denoise_step_seconds_count {sum(w.steps_total for w in workers)}",
-        "# HELP photomaker_id_cache_hits_total ID photos whose embedding came from the cache.",
-        "# TYPE photomaker_id_cache_hits_total counter",
-        f"photomaker_id_cache_hits_total {sum(w.id_cache_hits for w in workers)}",
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+@router.get("/metrics", summary="Prometheus metrics of the whole deployment", response_class=PlainTextResponse)
+def metrics(request: Request) -> Response:
+    return Response(render_metrics(get_ctx(request).metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that sign webhooks")
