@@ -27,9 +27,8 @@ from typing import Any
 import httpx
 
 from .cli_args import CLIError, generation_fields, write_output
-from .settings import APP_ID
+from .settings import APP_ID, LOCAL_KEY_FILE
 
-KEY_FILE = "api-key"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=120.0)  # the server sends a keep-alive every 10 s
 MAX_RECONNECTS = 5
@@ -41,7 +40,7 @@ def resolve_key(args: argparse.Namespace) -> str:
     for value in (getattr(args, "key", None), os.environ.get("PHOTOMAKER_KEY"), os.environ.get("FAL_KEY")):
         if value and value.strip():
             return value.strip()
-    path = Path(getattr(args, "data_dir", None) or ".data") / KEY_FILE
+    path = Path(getattr(args, "data_dir", None) or ".data") / LOCAL_KEY_FILE
     try:
         key = path.read_text().strip()
     except OSError:

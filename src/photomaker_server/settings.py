@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 APP_ID = "fal-ai/photomaker"
+#: The generated API key's copy in a data dir, for the CLI and the web page on that machine.
+LOCAL_KEY_FILE = "api-key"
 
 #: Hub locations of the real weights. Each can be replaced by a local directory or file.
 DEFAULT_BASE_MODELS = {
@@ -42,16 +44,13 @@ class Settings(BaseSettings):
     tls: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    #: Where files live: empty (``data_dir/files``), a directory / ``file:///dir``, or ``s3://bucket/prefix``
-    #: (endpoint and credentials from the standard ``AWS_*`` variables; see docs/operations.md).
-    storage_url: str = ""
-
     # --- the shared substrate (the same on every API replica and worker) -----------------------------
     #: SQLAlchemy URL of the job database. Empty: the SQLite file ``jobs.db`` in the data dir (one machine).
     #: ``postgresql://user:pass@host/db`` (psycopg 3) for API replicas and workers on several machines.
     database_url: str = ""
-    #: Where uploads and generated images live. Empty: ``files/`` in the data dir (one machine).
-    #: ``s3://bucket/prefix`` for any S3-compatible store (endpoint and credentials: the standard AWS variables).
+    #: Where uploads and generated images live. Empty: ``files/`` in the data dir (one machine); a directory or
+    #: ``file:///dir``; ``s3://bucket/prefix`` for any S3-compatible store (endpoint and credentials: the standard
+    #: ``AWS_*`` variables and config chain).
     storage_url: str = ""
     #: Public or CDN base URL of the bucket: file URLs point there instead of at the API's ``/files/`` route.
     storage_public_url: str = ""

@@ -21,12 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .jobs.protocol import JobStore
 from .private_files import write_private
-from .settings import Settings
+from .settings import LOCAL_KEY_FILE, Settings
 
 log = logging.getLogger(__name__)
 
-#: The file a generated key is mirrored to, for the CLI and the web page on this machine.
-LOCAL_KEY_FILE = "api-key"
 #: Files of the single-machine layout (before the database held the secrets).
 _LEGACY_FILES = {
     "upload-secret": "upload-secret",

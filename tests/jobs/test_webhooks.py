@@ -6,12 +6,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import stat
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -76,8 +74,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def signer(tmp_path: Path) -> WebhookSigner:
-    return WebhookSigner.load_or_create(tmp_path / "webhook-key.pem")
+def signer() -> WebhookSigner:
+    return WebhookSigner.generate()
 
 
 def finished_job(store: SQLJobStore, url: str, owner: str = "user-1", ok: bool = True):
@@ -117,32 +115,20 @@ def test_webhook_body_shapes():
 # --- keys and signatures ----------------------------------------------------------------------------------------
 
 
-def test_key_is_persisted_private_and_stable(tmp_path):
-    path = tmp_path / "keys" / "webhook-key.pem"
-    first = WebhookSigner.load_or_create(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    second = WebhookSigner.load_or_create(path)
-    assert first.jwks() == second.jwks()
-    assert WebhookSigner.generate().jwks() != first.jwks()
+def test_key_from_pem_round_trips_and_refuses_other_keys():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-
-def test_concurrent_creation_agrees_on_one_key(tmp_path):
-    path = tmp_path / "webhook-key.pem"
-    results: list[dict] = []
-    barrier = threading.Barrier(8)
-
-    def load() -> None:
-        barrier.wait()
-        results.append(WebhookSigner.load_or_create(path).jwks())
-
-    threads = [threading.Thread(target=load) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 8 and all(r == results[0] for r in results)
-    assert [p.name for p in tmp_path.iterdir()] == ["webhook-key.pem"]  # no temp files left behind
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert WebhookSigner.from_pem(pem).jwks() == WebhookSigner(key).jwks()
+    assert WebhookSigner.generate().jwks() != WebhookSigner.from_pem(pem).jwks()
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    for bad in (other, b"not a key"):
+        with pytest.raises(ValueError):
+            WebhookSigner.from_pem(bad)
 
 
 def test_jwks_shape(signer):
@@ -293,11 +279,10 @@ def test_outbox_survives_a_restart(tmp_path, signer, receiver):
     store.close()  # the process goes away before any delivery
 
     reopened = SQLJobStore(tmp_path / "jobs.db")
-    signer_again = WebhookSigner.load_or_create(tmp_path / "webhook-key.pem")
-    assert WebhookDispatcher(reopened, signer_again).run_once() == 1
+    assert WebhookDispatcher(reopened, signer).run_once() == 1
     headers, body = receiver.requests[0]
     assert headers[HEADER_REQUEST_ID] == job.id
-    assert verify(signer.jwks(), headers, body)  # same key as before the restart
+    assert verify(signer.jwks(), headers, body)
     reopened.close()
 
 

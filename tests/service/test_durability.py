@@ -10,6 +10,7 @@ import os
 import signal
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from live_server import API_KEY, APP, LiveServer
 from photomaker_server.api.app import build_context, create_app
 from photomaker_server.api.auth import owner_id
+from photomaker_server.deployment import open_deployment
 from photomaker_server.jobs.records import JobStatus
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.settings import APP_ID, Settings
@@ -162,7 +164,7 @@ def test_a_job_whose_worker_keeps_dying_ends_with_runner_server_error(tmp_path):
     assert "Worker lost; retrying (attempt 2 of 3)" in lines and "Worker lost; retrying (attempt 3 of 3)" in lines
     assert lines[-1] == "The request failed 3 times (the worker stopped while running it)"
 
-    app = create_app(ctx=build_context(settings, store), housekeeping=False)
+    app = create_app(ctx=build_context(settings, replace(open_deployment(settings), store=store)), housekeeping=False)
     client = TestClient(app, headers={"Authorization": f"Key {API_KEY}"})
     status = client.get(f"/{APP}/requests/{job.id}/status", params={"logs": "1"}).json()
     assert status["status"] == "COMPLETED" and status["error_type"] == "runner_server_error"

@@ -4,7 +4,6 @@ traversal refusal, URL recognition, one-time uploads, retention. Backend-specifi
 from __future__ import annotations
 
 import secrets
-import stat
 import threading
 import time
 import uuid
@@ -19,7 +18,6 @@ from photomaker_server.storage import (
     LocalStorage,
     StoredFile,
     UploadError,
-    load_or_create_secret,
     sanitize_file_name,
 )
 
@@ -276,16 +274,6 @@ def test_upload_urls_take_the_base_url_they_are_handed_out_with(storage):
     assert upload_url.startswith("https://api.example/pm/storage/upload/")
     assert file_url.startswith("https://api.example/pm/files/")
     assert storage.key_from_url(file_url, base_url="https://api.example/pm") is not None
-
-
-def test_the_secret_helper_creates_one_key_file(tmp_path):
-    path = tmp_path / "upload-secret"
-    first = load_or_create_secret(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64
-    assert load_or_create_secret(path) == first
-    path.write_text("short")
-    with pytest.raises(ValueError):
-        load_or_create_secret(path)
 
 
 def test_a_short_secret_is_refused(make_storage):

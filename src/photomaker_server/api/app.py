@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 import threading
 from importlib import resources
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -16,45 +13,35 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
-from ..jobs.factory import open_job_store
-from ..jobs.protocol import JobStore
+from ..deployment import Deployment, open_deployment
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
-from ..storage.factory import storage_from_settings
+from ..shared_secrets import generated_api_key
 from . import errors, openapi
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
+from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
 from .routes import files, ops, queue
 
 log = logging.getLogger(__name__)
 
 
-def _secret(path: Path) -> bytes:
-    if path.is_file():
-        return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(value)
-    return value
-
-
-def build_context(settings: Settings, store: JobStore | None = None) -> AppContext:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    demo_warning = None
-    if settings.tiny:
-        demo_warning = DEMO_WARNING
+def build_context(settings: Settings, deployment: Deployment | None = None) -> AppContext:
+    """Everything the routes read; ``deployment`` (store, wake-ups, secrets, storage) is opened from the settings
+    unless given."""
+    deployment = deployment or open_deployment(settings)
     return AppContext(
         settings=settings,
-        store=store or open_job_store(settings.job_database_url),
-        storage=storage_from_settings(settings),
-        keys=KeyRing(settings),
-        signer=WebhookSigner.load_or_create(settings.data_dir / "webhook-signing-key.pem"),
-        token_secret=_secret(settings.data_dir / "token-secret"),
-        demo_warning=demo_warning,
+        store=deployment.store,
+        wakeups=deployment.wakeups,
+        storage=deployment.storage,
+        keys=KeyRing(settings, generated_api_key(settings, deployment.store)),
+        signer=WebhookSigner.from_pem(deployment.secrets.webhook_key_pem),
+        token_secret=deployment.secrets.token_secret,
+        metrics=metrics_registry(deployment.store),
+        demo_warning=DEMO_WARNING if settings.tiny else None,
     )
 
 

@@ -1,50 +1,25 @@
 """API keys: ``Authorization: Key <key>``, as fal's clients send it.
 
 A request belongs to the key that made it (its *owner*, a hash of the key, so keys never sit in the database).
-With no key configured, one is generated on first start and kept in the data dir (mode 0600), where the local
-CLI and the web page (from localhost only) pick it up.
+With no key configured, one is generated on first start and kept in the job database, so every replica accepts it
+(``shared_secrets``); a copy in the data dir (mode 0600) is where the local CLI and the web page (from localhost
+only) pick it up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from ..settings import Settings
-
-KEY_FILE = "api-key"
-
+from ..settings import LOCAL_KEY_FILE, Settings
+from ..shared_secrets import GeneratedKey
 
 def owner_id(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def load_or_create_local_key(data_dir: Path) -> tuple[str, bool]:
-    """(key, whether it was created now). Safe when several processes start at once: the file appears whole
-    (written aside, then hard-linked into place) and the loser of a race reads the winner's key."""
-    path = data_dir / KEY_FILE
-    if path.is_file():
-        return path.read_text().strip(), False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = "pm_" + secrets.token_urlsafe(32)
-    tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    try:
-        os.link(tmp, path)
-        return key, True
-    except FileExistsError:
-        return path.read_text().strip(), False
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _same(a: str, b: str) -> bool:
@@ -53,24 +28,21 @@ def _same(a: str, b: str) -> bool:
 
 
 class KeyRing:
-    """Accepted keys: the configured ones, plus the *local key* in ``<data dir>/api-key`` when that file exists.
+    """Accepted keys: the configured ones, the deployment's generated key (when none is configured), and the
+    *local key* in ``<data dir>/api-key`` when that file exists.
 
-    The local key is what the CLI and the web page on this machine pick up. It is generated when no key is
-    configured; an operator who configures keys gets no local key unless they put one in that file.
+    The local key is what the CLI and the web page on this machine pick up: the generated key's copy, or a key
+    an operator put there.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, generated: GeneratedKey | None = None) -> None:
         configured = list(settings.api_keys)
-        path = settings.data_dir / KEY_FILE
-        self.created = False
-        if path.is_file():
-            local: str | None = path.read_text().strip() or None
-        elif not configured:
-            local, self.created = load_or_create_local_key(settings.data_dir)
-        else:
-            local = None
-        self.local_key = local
-        self.keys = configured + ([local] if local and local not in configured else [])
+        path = settings.data_dir / LOCAL_KEY_FILE
+        file_key = (path.read_text().strip() or None) if path.is_file() else None
+        self.created = bool(generated and generated.created)
+        self.local_key = file_key or (generated.key if generated else None)
+        candidates = [*configured, file_key, generated.key if generated else None]
+        self.keys = list(dict.fromkeys(k for k in candidates if k))
 
     def owner_for(self, authorization: str | None) -> str | None:
         if not authorization:

@@ -1,13 +1,16 @@
-"""The per-application state every route reads: settings, job store, file storage, keys, signing keys."""
+"""The per-application state every route reads: settings, job store and its wake-ups, file storage, keys,
+signing keys, the metrics registry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from prometheus_client import CollectorRegistry
 
 from ..jobs.housekeeping import Housekeeper
 from ..jobs.protocol import JobStore
+from ..jobs.wakeups import Wakeups
 from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.base import FileStorage
@@ -18,10 +21,12 @@ from .auth import KeyRing
 class AppContext:
     settings: Settings
     store: JobStore
+    wakeups: Wakeups
     storage: FileStorage
     keys: KeyRing
     signer: WebhookSigner
     token_secret: bytes
+    metrics: CollectorRegistry
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
 

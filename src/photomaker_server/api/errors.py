@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..engine.options import error_details
+from ..jobs.records import StoreUnavailable
 from ..storage.base import StorageUnavailable
 
 #: HTTP status for each error_type a finished request can carry.
@@ -98,11 +99,24 @@ async def _http_exception_handler(request: Request, exc: HTTPException) -> JSONR
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
+#: Seconds a client should wait before retrying while the database or the file storage is unreachable.
+RETRY_AFTER_S = 2
+
+
 async def _storage_unavailable_handler(request: Request, exc: StorageUnavailable) -> JSONResponse:
-    return error_response(503, f"File storage is unavailable: {exc}", "storage_unavailable")
+    return error_response(503, f"File storage is unavailable: {exc}", "storage_unavailable",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    """The job database is down or restarting: a 503 the clients retry, never a 500. Accepted jobs are safe in
+    the database; the request that got this answer was not accepted."""
+    return error_response(503, "The job database is unreachable; retry shortly", "service_unavailable",
+                          {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def install(app) -> None:  # noqa: ANN001
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable_handler)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
     app.add_exception_handler(HTTPException, _http_exception_handler)

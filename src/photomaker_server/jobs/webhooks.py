@@ -18,15 +18,12 @@ storage keys then, by the API process that knows the public URL), so the store n
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -126,24 +123,6 @@ def _public_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
     return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig", "alg": "EdDSA"}
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600) with ``data`` atomically; FileExistsError if someone else won the race.
-
-    Written to a temp file and hard-linked into place, so a concurrent reader never sees half a key.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class WebhookSigner:
     """Holds the service's Ed25519 webhook key."""
 
@@ -156,22 +135,14 @@ class WebhookSigner:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def load_or_create(cls, path: Path) -> WebhookSigner:
-        """Load the PEM key at ``path``, creating it (mode 0600) on first use.
-
-        Several processes may start together; exactly one key wins and all of them load it, because
-        receivers pin our JWKS and a second key would make half the signatures fail.
-        """
-        path = Path(path)
-        if not path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
-                _write_private(path, pem)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    def from_pem(cls, pem: bytes) -> WebhookSigner:
+        """The deployment's key (``shared_secrets``: configuration, else the job database), PEM PKCS#8."""
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the webhook signing key is not a PEM private key: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
+            raise ValueError("the webhook signing key must be an Ed25519 private key")
         return cls(key)
 
     @property

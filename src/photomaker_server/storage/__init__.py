@@ -8,7 +8,6 @@ from a storage URL. Upload URL signing is shared (``uploads``).
 from photomaker_server.storage.base import FileStorage, StorageUnavailable, StoredFile, UploadError, sanitize_file_name
 from photomaker_server.storage.factory import open_storage, storage_from_settings
 from photomaker_server.storage.local import LocalStorage
-from photomaker_server.storage.uploads import load_or_create_secret
 
 __all__ = [
     "FileStorage",
@@ -16,7 +15,6 @@ __all__ = [
     "StorageUnavailable",
     "StoredFile",
     "UploadError",
-    "load_or_create_secret",
     "open_storage",
     "sanitize_file_name",
     "storage_from_settings",

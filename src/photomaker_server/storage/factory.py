@@ -15,7 +15,6 @@ from urllib.parse import unquote, urlsplit
 
 from photomaker_server.settings import Settings
 from photomaker_server.storage.base import FileStorage
-from photomaker_server.storage.uploads import load_or_create_secret
 
 __all__ = ["open_storage", "storage_from_settings"]
 
@@ -62,16 +61,17 @@ def open_storage(
     return LocalStorage(root, base_url, secret=secret, clock=clock, max_upload_bytes=max_upload_bytes)
 
 
-def storage_from_settings(settings: Settings, secret: bytes | None = None) -> FileStorage:
-    """:func:`open_storage` as the API and the worker configure it (``settings.storage_url``).
+def storage_from_settings(settings: Settings, secret: bytes) -> FileStorage:
+    """:func:`open_storage` as the API and the worker configure it (``PHOTOMAKER_STORAGE_URL`` and friends).
 
-    ``secret``: the upload-signing key; until it is kept where every replica reads it, the default is the one in
-    ``data_dir/upload-secret`` (created on first use).
+    ``secret``: the deployment's upload-signing key (``shared_secrets``), the same in every process.
     """
     return open_storage(
         settings.storage_url or None,
         data_dir=settings.data_dir,
-        secret=secret if secret is not None else load_or_create_secret(settings.data_dir / "upload-secret"),
+        secret=secret,
         base_url=settings.base_url,
         max_upload_bytes=settings.max_download_bytes,
+        public_url=settings.storage_public_url or None,
+        presign_ttl_s=settings.storage_presign_seconds or None,
     )

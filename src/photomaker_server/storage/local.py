@@ -8,7 +8,7 @@ Layout under ``root`` (``data_dir/files``)::
     .uploads/<id>.used        marker making the upload URL one-time (created with O_EXCL)
 
 The HMAC key of upload URLs is passed in (``secret``); every process accepting uploads must get the same one
-(:func:`~photomaker_server.storage.uploads.load_or_create_secret` keeps one in a file).
+(``shared_secrets``: configuration, else the job database).
 
 Serving note for the API: stored content types come from clients (uploads), so serve files with
 ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy: sandbox`` — an uploaded ``text/html`` must

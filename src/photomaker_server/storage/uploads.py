@@ -3,7 +3,7 @@
 fal's JS client PUTs the bytes to ``upload_url`` without an Authorization header, so the URL itself is the
 credential: an unguessable id, an HMAC signature over what the upload will become, an expiry, and single use.
 The backends keep the pending record and the one-time marker (each in its own atomic way); this module makes
-and checks records and signatures, and loads the HMAC key of deployments that keep it in a file.
+and checks records and signatures. The HMAC key is the deployment's (``shared_secrets``).
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
-import secrets
-import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from photomaker_server.storage.base import UploadError, clean_content_type, is_valid_token, new_token, sanitize_file_name
 
-__all__ = ["MIN_SECRET_BYTES", "PendingUpload", "UploadSigner", "load_or_create_secret", "upload_url"]
+__all__ = ["MIN_SECRET_BYTES", "PendingUpload", "UploadSigner", "upload_url"]
 
 #: Shortest accepted HMAC key (the secret file holds 64 hex characters).
 MIN_SECRET_BYTES = 32
@@ -95,28 +91,3 @@ class UploadSigner:
             raise UploadError("expired", "The upload URL has expired")
         if self.max_upload_bytes is not None and size > self.max_upload_bytes:
             raise UploadError("too_large", f"The upload is larger than {self.max_upload_bytes} bytes")
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The upload-signing key kept in a file (0600), created once.
-
-    For deployments whose processes share a data directory (and for tests). Linking a finished temp file into
-    place makes creation atomic, so processes starting together agree on one key.
-    """
-    path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    secret = path.read_text().strip()
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"{path} holds no usable upload secret")
-    return secret.encode("ascii")

@@ -1,0 +1,55 @@
+"""The one place a process turns its settings into the deployment's shared parts: job store, wake-ups, secrets,
+file storage.
+
+The API replicas and the workers all call :func:`open_deployment`, so a setting means the same thing in every
+process, and nothing else in the code picks a backend: everything downstream is typed against the protocols
+(``JobStore``, ``Wakeups``, ``FileStorage``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .jobs.factory import open_job_store
+from .jobs.protocol import JobStore
+from .jobs.wakeups import Wakeups, open_wakeups
+from .settings import Settings
+from .shared_secrets import SharedSecrets, load_shared_secrets
+from .storage.base import FileStorage
+from .storage.factory import storage_from_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    store: JobStore
+    #: Change notifications: ``"work"`` wakes idle workers, ``"job:<id>"`` wakes streams following that job.
+    wakeups: Wakeups
+    secrets: SharedSecrets
+    storage: FileStorage
+
+    def close(self) -> None:
+        self.wakeups.close()
+        self.store.close()
+
+
+def open_deployment(settings: Settings) -> Deployment:
+    """Open (and, when older, upgrade) the job database, then everything that depends on it.
+
+    Raises ``StoreUnavailable`` when the database cannot be reached and ``SchemaTooNew`` when it was upgraded by
+    a newer release than this one; callers turn those into one clear line.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.job_database_url
+    wakeups = open_wakeups(url, local_dir=None if settings.database_url else settings.data_dir / "wakeups")
+    try:
+        store = open_job_store(url, publish=wakeups.publish)
+        secrets = load_shared_secrets(settings, store)
+        storage = storage_from_settings(settings, secrets.upload_secret)
+    except BaseException:
+        wakeups.close()
+        raise
+    return Deployment(settings, store, wakeups, secrets, storage)
