@@ -5,7 +5,6 @@ Handlers are thin: validate, talk to the job store, shape fal's envelopes. Work 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -28,7 +27,9 @@ from ..schemas import PhotoMakerInput, PhotoMakerOutput, QueueStatus, QueueSubmi
 
 router = APIRouter(tags=["queue"])
 INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
-STREAM_POLL_S = 0.1
+#: Streams and ``/run`` sleep until the job's wake-up (``job:<id>``); wake-ups are best-effort, so they also look
+#: again after this long (which also refreshes a queued job's position and notices a client that went away).
+FALLBACK_WAIT_S = 1.0
 KEEPALIVE_S = 10.0
 
 
@@ -153,6 +154,11 @@ def _own_job(ctx, request_id: str, owner: str) -> Job:  # noqa: ANN001
     return job
 
 
+def _current(ctx, job: Job) -> Job:  # noqa: ANN001
+    """The job as stored now (without its input); the given one if it has meanwhile been deleted."""
+    return ctx.store.get(job.id, with_input=False) or job
+
+
 def status_body(ctx, job: Job, logs: list | None) -> dict[str, Any]:  # noqa: ANN001
     """fal's status envelope for the job's current state; ``logs`` are the entries to include (or None)."""
     body: dict[str, Any] = {"request_id": job.id, **_urls(ctx, job.id), "logs": logs}
@@ -204,23 +210,26 @@ async def status_stream(
         last_log = 0
         last_state = None
         last_sent = time.monotonic()
-        current = job
-        while True:
-            new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
-            if new_logs:
-                last_log = new_logs[-1].id
-            body = await to_thread.run_sync(status_body, ctx, current, [l.to_fal() for l in new_logs] if with_logs else None)
-            state = (body["status"], body.get("queue_position"))
-            if new_logs or state != last_state:
-                yield f"data: {json.dumps(body)}\n\n"
-                last_state, last_sent = state, time.monotonic()
-            elif time.monotonic() - last_sent > KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
-            if body["status"] == "COMPLETED" or await request.is_disconnected():
-                return
-            await asyncio.sleep(STREAM_POLL_S)
-            current = await to_thread.run_sync(lambda: ctx.store.get(current.id, with_input=False)) or current
+        # Subscribe first, then read: a change between the two is then a pending wake-up, never a missed one.
+        with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
+            current = job
+            while True:
+                new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
+                if new_logs:
+                    last_log = new_logs[-1].id
+                entries = [line.to_fal() for line in new_logs] if with_logs else None
+                body = await to_thread.run_sync(status_body, ctx, current, entries)
+                state = (body["status"], body.get("queue_position"))
+                if new_logs or state != last_state:
+                    yield f"data: {json.dumps(body)}\n\n"
+                    last_state, last_sent = state, time.monotonic()
+                elif time.monotonic() - last_sent > KEEPALIVE_S:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+                if body["status"] == "COMPLETED" or await request.is_disconnected():
+                    return
+                await changes.wait_async(FALLBACK_WAIT_S)
+                current = await to_thread.run_sync(_current, ctx, current)
 
     return StreamingResponse(
         events(),
@@ -276,10 +285,12 @@ async def run(
     job = await to_thread.run_sync(_enqueue, ctx, request, payload, owner, None)
     if isinstance(job, JSONResponse):
         return job
-    while job.status != JobStatus.COMPLETED:
-        if await request.is_disconnected():
-            await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
-            return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
-        await asyncio.sleep(STREAM_POLL_S)
-        job = await to_thread.run_sync(lambda: ctx.store.get(job.id, with_input=False)) or job
+    with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
+        job = await to_thread.run_sync(_current, ctx, job)  # it may have finished before the subscription
+        while job.status != JobStatus.COMPLETED:
+            if await request.is_disconnected():
+                await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
+                return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
+            await changes.wait_async(FALLBACK_WAIT_S)
+            job = await to_thread.run_sync(_current, ctx, job)
     return result_response(job, ctx.file_url)
