@@ -217,6 +217,8 @@ class JobStore(Protocol):
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState: ...
 
+    def release(self, job_id: str, worker_id: str) -> bool: ...
+
     def expire_deadlines(self) -> list[str]: ...
 
     def requeue_expired_leases(self) -> list[str]: ...
@@ -765,6 +767,31 @@ class SQLJobStore:
                 error_type=error_type,
                 webhook_body=webhook_body,
             )
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Hand a running job back to the queue at once: a worker that is shutting down gives up its job.
+
+        Unlike a lease running out (a crash), the attempt is not counted: the job did not fail, its worker was
+        stopped on purpose, so it keeps all of its ``max_attempts``. It goes back in its old place in the queue
+        (priority, then submit time). False (and nothing changes) when ``worker_id`` no longer holds the lease.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            res = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, self._held_by(worker_id))
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    attempts=jobs.c.attempts - 1,  # claim counted it; a running job has attempts >= 1
+                    started_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            if res.rowcount != 1:
+                return False
+            self._insert_log(conn, job_id, "Worker stopped; the request is back in the queue", "WARN", now)
+            return True
 
     @staticmethod
     def _held_by(worker_id: str) -> sa.ColumnElement[bool]:
