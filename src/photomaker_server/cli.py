@@ -19,7 +19,7 @@ from .settings import Settings
 #: CLI flag → Settings field, for the flags that configure the model or the server.
 _SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
-    "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format",
+    "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "shutdown_grace_s",
 )
 
 
@@ -35,6 +35,22 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="auto (default), cuda, cuda:1, mps or cpu")
     group.add_argument("--trigger-word", help="the word that marks the person in the prompt (default img)")
     group.add_argument("--data-dir", type=Path, help="where the queue, files, keys and tiny model live (default .data)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def _add_shutdown_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=_seconds, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long the running job may take to finish before it goes back to "
+                        "the queue (default 60; also PHOTOMAKER_SHUTDOWN_GRACE_S)")
 
 
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -107,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")
+    _add_shutdown_flag(serve)
     _add_model_flags(serve)
 
     worker = sub.add_parser("worker", help="run a GPU worker against a data dir (no HTTP)")
+    _add_shutdown_flag(worker)
     _add_model_flags(worker)
 
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):

@@ -3,6 +3,8 @@
 It runs in its own process (spawned by ``photomaker serve``, or ``photomaker worker`` on another machine sharing
 the data dir), loads the model once and keeps it resident. While a job runs, a thread renews the job's lease and
 picks up cancellation requests; if this process dies, the lease runs out and the job is run again elsewhere.
+On SIGTERM/SIGINT it claims nothing more, gives the job in hand ``shutdown_grace_s`` to finish, and past that hands
+it back to the queue at once (see :mod:`.shutdown`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.local import LocalStorage
+from .shutdown import StopRequest, install_stop_handlers, watch_parent
 from .status import HEARTBEAT_S, WorkerStatus, remove_status, write_status
 from .store import CANCELLED_ERROR, Job, SQLJobStore
 
@@ -118,13 +121,16 @@ class Worker:
         self.status = WorkerStatus(self.worker_id, os.getpid(), demo_model=settings.tiny)
         self.engine = engine
         self.load_error: str | None = None
-        self.stop = threading.Event()
+        self.shutdown = StopRequest(settings.shutdown_grace_s)
+        #: Set once shutdown has begun: claim no new job (the one in hand may finish within the grace period).
+        self.stop = self.shutdown.stopping
 
     # --- life cycle -----------------------------------------------------------------------------------------
     def load(self) -> None:
         from ..engine.service import Engine, EngineConfig
 
         self._set_state("loading", "loading the model")
+        started = time.perf_counter()
         try:
             if self.engine is None:
                 self.engine = Engine(EngineConfig.from_settings(self.settings))
@@ -133,6 +139,8 @@ class Worker:
             self.status.loaded_bases = self.engine.loaded_bases()
             detail = "random-weight demo model" if self.settings.tiny else "model loaded"
             self._set_state("ready", detail)
+            log.info("worker %s ready: %s, model loaded in %.1f s", self.worker_id, self.status.device,
+                     time.perf_counter() - started)
         except Exception as exc:  # weights missing, bad checkpoint, out of memory: jobs fail with this message
             self.load_error = f"The model could not be loaded: {exc}"
             log.error(self.load_error)
@@ -149,23 +157,37 @@ class Worker:
             except OSError:
                 log.exception("heartbeat failed")
 
+    @property
+    def loading(self) -> bool:
+        """Still starting up: no job is held yet, so a stop may abort whatever is going on."""
+        return self.status.state in ("starting", "loading")
+
     def run(self) -> None:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
-        self.load()
         try:
+            self.load()
             while not self.stop.is_set():
                 try:
                     job = self.store.claim(self.worker_id, self.settings.lease_seconds) if self.store.has_work() else None
                     if job is None:
                         self.stop.wait(IDLE_POLL_S)
                         continue
+                    if self.stop.is_set():  # the stop came while claiming: this job was never started
+                        self._release(job)
+                        break
                     self.process(job)
                 except Exception:  # the database was busy or broke: keep the model loaded and try again
                     log.exception("store error; retrying in a second (an unfinished job returns when its lease expires)")
                     self.stop.wait(1.0)
         finally:
+            self.stop.set()  # ends the heartbeat too
             remove_status(self.settings.data_dir, self.worker_id)
             self.store.close()
+            log.info("worker %s stopped", self.worker_id)
+
+    def _release(self, job: Job) -> None:
+        if self.store.release(job.id, self.worker_id):
+            log.info("handed %s back to the queue (worker stopping)", job.id)
 
     # --- one job --------------------------------------------------------------------------------------------
     def process(self, job: Job) -> None:
@@ -212,7 +234,8 @@ class Worker:
         started = time.perf_counter()
         try:
             result = self.engine.generate(
-                GenerationRequest(options, photos, initial), on_log=run.log, on_step=on_step, should_cancel=run.should_stop
+                GenerationRequest(options, photos, initial), on_log=run.log, on_step=on_step,
+                should_cancel=lambda: run.should_stop() or self.shutdown.release_due(),
             )
         except InvalidRequest as exc:
             raise _JobError(str(exc), "input_error") from None
@@ -257,6 +280,10 @@ class Worker:
         if run.lease_lost.is_set():
             log.warning("lost the lease on %s; another worker will run it", job.id)
             return
+        if isinstance(exc, GenerationCancelled) and not run.cancelled.is_set() and self.shutdown.release_due():
+            run.flush()
+            self._release(job)
+            return
         if isinstance(exc, GenerationCancelled):
             message, error_type = CANCELLED_ERROR, "client_cancelled"
         elif isinstance(exc, _JobError):
@@ -279,10 +306,19 @@ class _JobError(Exception):
         self.error_type = error_type
 
 
-def run_worker(settings: Settings) -> None:
-    """Process entry point (also the target of the spawned worker). SIGTERM: finish the current job, then exit."""
+def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
+    """Process entry point: ``photomaker worker``, or (with ``parent_pid``) the worker ``photomaker serve`` spawns.
+
+    SIGTERM/SIGINT: claim nothing more, finish the job in hand within ``shutdown_grace_s`` or hand it back to the
+    queue, then return. With ``parent_pid``, the death of that process stops the worker at once (job handed back).
+    """
     configure_logging(settings.log_format, "worker")
     worker = Worker(settings)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    install_stop_handlers(worker.shutdown, parent_pid=parent_pid, interrupt_now=lambda: worker.loading)
+    if parent_pid is not None:
+        def orphaned() -> None:
+            log.warning("the server process (pid %s) is gone; stopping this worker now", parent_pid)
+            os.kill(os.getpid(), signal.SIGTERM)  # the signal handler decides, in the main thread
+
+        watch_parent(parent_pid, orphaned)
     worker.run()
