@@ -86,9 +86,10 @@ class WorkerSupervisor:
     def begin_stop(self) -> None:
         """No more restarts; SIGTERM to the worker (it claims nothing more and starts its grace period)."""
         with self._lock:
+            first = not self._stop.is_set()
             self._stop.set()
             process = self.process
-        if process is not None and process.is_alive():
+        if first and process is not None and process.is_alive():
             log.info("stopping the worker (finishing its current job, up to %.0fs)", self.settings.shutdown_grace_s)
             process.terminate()
 
