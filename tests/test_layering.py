@@ -23,7 +23,7 @@ def test_the_api_process_never_imports_torch(tmp_path):
 def test_the_engine_never_imports_the_web_framework():
     code = (
         "import sys\n"
-        "import photomaker_server.engine.service, photomaker_server.engine.pipeline, photomaker_server.jobs.worker\n"
+        "import photomaker_server.engine.service, photomaker_server.engine.pipeline, photomaker_server.worker.process\n"
         "web = [m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules]\n"
         "assert not web, web\n"
     )

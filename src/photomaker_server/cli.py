@@ -61,11 +61,13 @@ def _run(argv: list[str] | None) -> int:
 
             return serve(settings_from_args(args), run_worker=not args.no_worker)
         if args.command == "worker":
-            from .jobs.worker import run_worker
             from .server import with_demo_fallback
+            from .worker.process import run_worker
 
             run_worker(with_demo_fallback(settings_from_args(args)))
             return 0
+        if args.command == "db":
+            return _db(args)
         from .client import cancel_request, show_status
 
         return (show_status if args.command == "status" else cancel_request)(args)
@@ -74,6 +76,48 @@ def _run(argv: list[str] | None) -> int:
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message = _deployment_problem(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _deployment_problem(exc: Exception) -> str | None:
+    """One line for the expected failures of opening a deployment; None for anything else (a real bug)."""
+    from .deployment import DeploymentError
+    from .jobs.records import SchemaTooNew, StoreUnavailable
+    from .storage.base import StorageUnavailable
+
+    if isinstance(exc, StoreUnavailable):
+        return f"the job database cannot be reached: {exc}"
+    if isinstance(exc, StorageUnavailable):
+        return f"the file storage cannot be reached: {exc}"
+    if isinstance(exc, (SchemaTooNew, DeploymentError)):
+        return str(exc)
+    return None
+
+
+def _db(args: argparse.Namespace) -> int:
+    """``photomaker db upgrade``: migrate the job database to this release's schema (servers also do it at start),
+    and adopt a single-machine data dir's secrets into it."""
+    from .deployment import open_deployment
+    from .jobs.sql.schema_version import upgrade_database
+    from .shared_secrets import generated_api_key
+
+    settings = settings_from_args(args)
+    try:
+        before, after = upgrade_database(settings.job_database_url)
+    except ValueError as exc:  # not a database URL we can use
+        raise CLIError(str(exc)) from None
+    deployment = open_deployment(settings)  # adopts the data dir's secrets, if any, into the database
+    try:
+        generated_api_key(settings, deployment.store)
+    finally:
+        deployment.close()
+    print(f"job database schema: {before or 'empty'} -> {after}" if before != after else f"job database schema: {after} (up to date)")
+    return 0
 
 
 def _read_photos(args: argparse.Namespace, settings: Settings):

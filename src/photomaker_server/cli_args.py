@@ -27,7 +27,7 @@ from .settings import Settings
 SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
     "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "fetch_allow",
-    "max_request_bytes", "database_url", "storage_url",
+    "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s",
 )
 
 #: fal field → the flag that sets it, so that validation errors name what the user typed.
@@ -133,6 +133,22 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                                       "api-key file)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def add_shutdown_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=_seconds, metavar="SECONDS",
+                        help=f"on SIGTERM/SIGINT, how long the running job may take to finish before it goes back to "
+                             f"the queue (default: {_setting('shutdown_grace_s')}; env PHOTOMAKER_SHUTDOWN_GRACE_S)")
+
+
 def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
     """What every process of one deployment (API replicas, workers) must be given alike."""
     group = parser.add_argument_group("deployment (the same on every API replica and worker)")
@@ -180,12 +196,23 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int, metavar="BYTES",
                        help=f"largest request body accepted, answered 413 beyond it "
                             f"(default: {_setting('max_request_bytes')}; env PHOTOMAKER_MAX_REQUEST_BYTES)")
+    add_shutdown_flag(serve)
     add_deployment_flags(serve)
     add_model_flags(serve)
 
     worker = command("worker", "run a GPU worker: claims jobs from the job database (no HTTP)")
+    add_shutdown_flag(worker)
     add_deployment_flags(worker)
     add_model_flags(worker)
+
+    db = command("db", "manage the job database")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_sub.add_parser("upgrade", help="apply pending schema migrations (servers also do it at start) and "
+                                "adopt a single-machine data dir's secrets", formatter_class=HelpFormatter,
+                                description="apply pending schema migrations and adopt a data dir's secrets")
+    add_deployment_flags(upgrade)
+    upgrade.add_argument("--data-dir", type=Path, help=f"data dir whose secrets to adopt, and whose jobs.db is the "
+                                                       f"default database (default: {_setting('data_dir')})")
 
     default_server = os.environ.get("PHOTOMAKER_SERVER", "http://127.0.0.1:8000")
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.engine import make_url
+
 from .jobs.factory import open_job_store
 from .jobs.protocol import JobStore
 from .jobs.wakeups import Wakeups, open_wakeups
@@ -20,6 +22,11 @@ from .storage.base import FileStorage
 from .storage.factory import storage_from_settings
 
 log = logging.getLogger(__name__)
+
+
+class DeploymentError(Exception):
+    """A setting that cannot work (an unsupported database or storage URL, a malformed secret): one line for
+    the operator."""
 
 
 @dataclass
@@ -44,12 +51,31 @@ def open_deployment(settings: Settings) -> Deployment:
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.job_database_url
-    wakeups = open_wakeups(url, local_dir=None if settings.database_url else settings.data_dir / "wakeups")
+    try:
+        wakeups = open_wakeups(url, local_dir=None if settings.database_url else settings.data_dir / "wakeups")
+    except ValueError as exc:
+        raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
+    store = None
     try:
         store = open_job_store(url, publish=wakeups.publish)
         secrets = load_shared_secrets(settings, store)
         storage = storage_from_settings(settings, secrets.upload_secret)
+    except ValueError as exc:
+        wakeups.close()
+        if store is not None:
+            store.close()
+        raise DeploymentError(str(exc)) from None
     except BaseException:
         wakeups.close()
+        if store is not None:
+            store.close()
         raise
     return Deployment(settings, store, wakeups, secrets, storage)
+
+
+def _redact(url: str) -> str:
+    """A database URL fit for a log line: the password replaced."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: say nothing of it
+        return "(unparseable)"

@@ -2,8 +2,12 @@
 
 The worker is *spawned* (not forked): CUDA cannot be used in a forked child, and a fresh interpreter keeps the
 API process free of torch. If the worker dies (OOM, kill -9), the supervisor starts a new one; the job it was
-running comes back when its lease expires. On shutdown the worker gets SIGTERM and a grace period to finish its
-job; past that it is killed and the job is requeued by lease expiry.
+running comes back when its lease expires.
+
+Shutdown (SIGTERM or SIGINT, to this process alone or to the whole group): first POSTs get 503 and ``/ready`` 503
+(:mod:`.api.draining`), then the worker is told to stop, so it claims nothing more; it finishes its job within
+``shutdown_grace_s`` or hands it back to the queue; only once it has exited does the HTTP server close its listener.
+The worker never outlives this process: it dies with it (see :mod:`.worker.shutdown`).
 """
 
 from __future__ import annotations
@@ -13,35 +17,54 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-from .jobs.status import forget_exited
 from .logs import configure_logging
 from .settings import Settings
 
 log = logging.getLogger("photomaker_server")
-SHUTDOWN_GRACE_S = 30.0
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+#: Past the grace period, how long the worker gets to hand its job back and exit before it is killed.
+STOP_MARGIN_S = 15.0
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings) -> None:
+    """Runs one worker process, restarts it when it dies, and stops it for good on shutdown.
+
+    Spawning and stopping take one lock, and nothing is spawned once a stop has begun, so a restart racing a
+    shutdown cannot leave a worker behind.
+    """
+
+    def __init__(self, settings: Settings, on_exit: Callable[[int], None] | None = None) -> None:
         self.settings = settings
+        #: Called with the pid of a worker process that died (before it is restarted).
+        self.on_exit = on_exit
         self._mp = multiprocessing.get_context("spawn")
         self.process: multiprocessing.process.BaseProcess | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self.restarts = 0
 
-    def _spawn(self) -> None:
-        from .jobs.worker import run_worker
+    def _spawn(self) -> bool:
+        from .worker.shutdown import spawned_worker_main
 
-        self.process = self._mp.Process(target=run_worker, args=(self.settings,), name="photomaker-worker")
-        self.process.start()
-        log.info("worker process started (pid %s)", self.process.pid)
+        with self._lock:
+            if self._stop.is_set():
+                return False
+            process = self._mp.Process(target=spawned_worker_main, args=(self.settings, os.getpid()),
+                                       name="photomaker-worker")
+            process.start()
+            self.process = process
+        log.info("worker process started (pid %s)", process.pid)
+        return True
 
     def start(self) -> None:
         self._spawn()
@@ -53,28 +76,49 @@ class WorkerSupervisor:
             if self.process is not None and not self.process.is_alive():
                 delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
                 log.warning("worker process exited with code %s; restarting in %ss", self.process.exitcode, delay)
-                forget_exited(self.settings.data_dir, self.process.pid)  # /ready: not ready until the new one is
+                if self.on_exit is not None:  # e.g. drop its registry entry: /ready waits for the new one
+                    self.on_exit(self.process.pid)
                 failures += 1
-                if self._stop.wait(delay):
+                if self._stop.wait(delay) or not self._spawn():
                     return
                 self.restarts += 1
-                self._spawn()
                 started_at = time.monotonic()
             elif failures and time.monotonic() - started_at > 60:
                 failures = 0  # it has stayed up: the next crash restarts quickly again
 
-    def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        self._stop.set()
+    def begin_stop(self) -> None:
+        """No more restarts; SIGTERM to the worker (it claims nothing more and starts its grace period)."""
+        with self._lock:
+            first = not self._stop.is_set()
+            self._stop.set()
+            process = self.process
+        if first and process is not None and process.is_alive():
+            log.info("stopping the worker (finishing its current job, up to %.0fs)", self.settings.shutdown_grace_s)
+            process.terminate()
+
+    def release_now(self) -> None:
+        """Skip the rest of the grace period: the worker hands its job back to the queue now."""
+        from .worker.shutdown import RELEASE_NOW_SIGNAL
+
         process = self.process
-        if process is None or not process.is_alive():
-            return
-        log.info("stopping the worker (finishing its current job, up to %.0fs)", grace_s)
-        process.terminate()  # SIGTERM: finish the job in hand, claim no more
-        process.join(grace_s)
-        if process.is_alive():
-            log.warning("worker still busy after %.0fs; killing it (its job will be requeued)", grace_s)
-            process.kill()
-            process.join(5)
+        if process is not None and process.is_alive() and process.pid is not None:
+            log.info("stopping the worker now (its job goes back to the queue)")
+            os.kill(process.pid, RELEASE_NOW_SIGNAL)
+
+    def stop(self) -> None:
+        """Stop the worker and wait for it: the grace period plus a margin, then SIGKILL."""
+        self.begin_stop()
+        with self._lock:  # a spawn in progress has finished: this is the last process there will be
+            process = self.process
+        if process is not None:
+            process.join(self.settings.shutdown_grace_s + STOP_MARGIN_S)
+            if process.is_alive():
+                log.warning("worker still running %.0fs after the stop; killing it (its job will be requeued)",
+                            self.settings.shutdown_grace_s + STOP_MARGIN_S)
+                process.kill()
+                process.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
 
 def ensure_tls(settings: Settings) -> tuple[Path, Path]:
@@ -153,10 +197,58 @@ def with_demo_fallback(settings: Settings) -> Settings:
     return settings.model_copy(update={"tiny": True})
 
 
+def _uvicorn_server(config: Any, on_signal: Any) -> Any:
+    """A uvicorn server whose SIGTERM/SIGINT go to ``on_signal`` instead of stopping it at once.
+
+    uvicorn's own handler starts closing the listener immediately and, once done, re-raises the signal, which
+    (SIGTERM's default action) ends this process before any cleanup: that is how workers used to be orphaned.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_signal(sig)
+
+    return Server(config)
+
+
+class Shutdown:
+    """The order of a stop: refuse new work, stop the worker (claims nothing more from here on), wait for it,
+    then let the HTTP server close. A second signal skips the rest of the grace period."""
+
+    def __init__(self, supervisor: WorkerSupervisor | None) -> None:
+        self.supervisor = supervisor
+        self.draining = threading.Event()
+        self.server: Any = None
+        self._signals = 0
+
+    def on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            if self.supervisor:
+                self.supervisor.release_now()
+            if self._signals > 2 and self.server is not None:
+                self.server.force_exit = True
+            return
+        log.info("%s received: shutting down (new requests are refused)", signal.Signals(sig).name)
+        self.draining.set()
+        if self.supervisor is None:
+            self.server.should_exit = True
+            return
+        self.supervisor.begin_stop()
+        threading.Thread(target=self._finish, name="shutdown", daemon=True).start()
+
+    def _finish(self) -> None:
+        self.supervisor.stop()
+        self.server.should_exit = True
+
+
 def serve(settings: Settings, run_worker: bool = True) -> int:
     import uvicorn
 
     from .api.app import build_context, create_app
+    from .api.draining import DrainingMiddleware
+    from .worker.registry import forget_process
 
     configure_logging(settings.log_format, "api")
     settings = with_demo_fallback(settings)
@@ -165,21 +257,28 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
         cert, key = ensure_tls(settings)
     ctx = build_context(settings)
     _banner(settings, ctx.keys.created, ctx.keys.local_key, cert)
-    supervisor = WorkerSupervisor(settings) if run_worker else None
+    supervisor = WorkerSupervisor(settings, on_exit=lambda pid: forget_process(ctx.store, pid)) if run_worker else None
+    shutdown = Shutdown(supervisor)
+    config = uvicorn.Config(
+        DrainingMiddleware(create_app(ctx=ctx), shutdown.draining),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(cert) if cert else None,
+        ssl_keyfile=str(key) if key else None,
+        log_level="info",
+        log_config=None,  # keep configure_logging's handlers (text or JSON)
+        timeout_graceful_shutdown=5,
+    )
+    shutdown.server = _uvicorn_server(config, shutdown.on_signal)
+    # Until uvicorn installs its handlers (and again after it restores these), a signal still stops us in order.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: shutdown.on_signal(signum))
     if supervisor:
         supervisor.start()
     try:
-        uvicorn.run(
-            create_app(ctx=ctx),
-            host=settings.host,
-            port=settings.port,
-            ssl_certfile=str(cert) if cert else None,
-            ssl_keyfile=str(key) if key else None,
-            log_level="info",
-            log_config=None,  # keep configure_logging's handlers (text or JSON)
-            timeout_graceful_shutdown=5,
-        )
+        shutdown.server.run()
     finally:
         if supervisor:
             supervisor.stop()
+    log.info("stopped")
     return 0

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     result_ttl_hours: float = 24.0 * 7
     webhook_max_attempts: int = 10
 
+    # --- shutdown -----------------------------------------------------------------------------------
+    #: On SIGTERM/SIGINT a worker gets this long to finish the job in hand; past it the job goes back to the queue
+    #: at once (another worker, or this one after a restart, runs it from the start). 60 s covers a 50-step
+    #: 1024x1024 SDXL job on a current GPU (roughly 5-20 s) with room for a slow card or a multi-image batch,
+    #: and stays well under what orchestrators wait by default once raised by the documented margin.
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
+
     @field_validator("api_keys", "fetch_allow", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from photomaker_server.api.app import create_app
-from photomaker_server.jobs.worker import Worker
+from photomaker_server.worker.process import Worker
 from photomaker_server.settings import APP_ID, Settings
 
 KEY = "test-key"

@@ -52,7 +52,9 @@ def test_cdn_and_presigned_urls_need_s3(tmp_path):
 
 def test_from_settings(tmp_path):
     settings = Settings(data_dir=tmp_path, public_base_url="https://api.example/pm", max_download_bytes=10)
-    storage = storage_from_settings(settings)
+    storage = storage_from_settings(settings, SECRET)
     assert isinstance(storage, LocalStorage) and storage.max_upload_bytes == 10
     assert storage.url_for("A" * 32 + "/a.png") == f"https://api.example/pm/files/{'A' * 32}/a.png"
-    assert (tmp_path / "upload-secret").is_file(), "until the secret is kept elsewhere, it is the data dir's"
+    assert not (tmp_path / "upload-secret").exists(), "the secret is the deployment's, not a data dir file"
+    with pytest.raises(ValueError):  # CDN/presigned URLs need S3
+        storage_from_settings(settings.model_copy(update={"storage_presign_seconds": 60}), SECRET)

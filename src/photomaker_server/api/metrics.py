@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from ..jobs.protocol import JobStore
 from ..jobs.records import WorkerInfo
-from ..worker.stats import INFERENCE_BUCKETS, WORKER_STATES
+from ..worker.registry import INFERENCE_BUCKETS, WORKER_STATES
 
 __all__ = ["CONTENT_TYPE_LATEST", "ClusterCollector", "metrics_registry", "render_metrics"]
 

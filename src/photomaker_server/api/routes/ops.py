@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from ...engine.options import IMAGE_SIZE_PRESETS
 from ...engine.styles import default_style, style_names
 from ...jobs.records import WorkerInfo, iso_utc
-from ...worker.stats import STALE_AFTER_S as WORKER_STALE_AFTER_S
+from ...worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ...settings import APP_ID
 from ..context import get_ctx
 from ..metrics import CONTENT_TYPE_LATEST, render_metrics

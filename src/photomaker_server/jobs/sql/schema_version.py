@@ -17,23 +17,25 @@ import logging
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+
+# Alembic announces its context on import and every open at INFO; our own line says when something actually changed.
+for _name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402 (after the logger levels above)
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 from ..migrations import SCRIPT_LOCATION
 from ..records import SchemaTooNew
-from .connect import Backend, backend_for, database_url
+from .connect import Backend, backend_for, database_url, unavailable
 
 __all__ = ["LEGACY_REVISION", "current_revision", "head_revision", "upgrade_database", "upgrade_engine"]
 
 log = logging.getLogger(__name__)
-# Alembic announces its context on every open at INFO; our own line says when something actually changed.
-for _name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
-    if logging.getLogger(_name).level == logging.NOTSET:
-        logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: The revision whose schema the SQLite-only releases created without recording a version.
 LEGACY_REVISION = "0001"
@@ -94,6 +96,11 @@ def upgrade_database(url: str | Path, target: str | None = None) -> tuple[str | 
     engine = backend.create_engine(sa_url)
     try:
         return upgrade_engine(engine, backend, target)
+    except sa.exc.SQLAlchemyError as exc:
+        problem = unavailable(exc, connecting=True)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         engine.dispose()
 

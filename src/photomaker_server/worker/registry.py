@@ -6,8 +6,11 @@ The worker is the only writer of its own row in the job database's worker regist
 
 from __future__ import annotations
 
+import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..jobs.protocol import JobStore
 
 #: How often a worker writes its row; a row older than STALE_AFTER_S is a worker that is gone.
 HEARTBEAT_S = 2.0
@@ -46,3 +49,15 @@ class WorkerCounters:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def forget_process(store: JobStore, pid: int, host: str | None = None) -> None:
+    """Drop the registry entry of a worker process of this host that is known to have exited.
+
+    A worker killed with SIGKILL cannot remove its own entry, which would otherwise stay "fresh" (and "ready")
+    for ``STALE_AFTER_S`` while its replacement is still loading the model.
+    """
+    host = host or socket.gethostname()
+    for worker in store.workers(max_age_s=None):
+        if worker.host == host and worker.pid == pid:
+            store.remove_worker(worker.id)

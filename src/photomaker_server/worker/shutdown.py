@@ -1,0 +1,126 @@
+"""How a worker process stops: SIGTERM/SIGINT, the grace period, and noticing that its parent died.
+
+A stop request has two stages. *Stopping*: claim no new job, let the one in hand finish. *Releasing*: the grace
+period is over (or the stop is urgent), so the job in hand is abandoned at its next denoising step and handed back
+to the queue at once (``JobStore.release``), rather than left for its lease to run out.
+
+A worker spawned by ``photomaker serve`` must never outlive it: a worker whose parent was killed would hold GPU
+memory and keep claiming jobs next to the worker of a restarted server. Linux's ``PR_SET_PDEATHSIG`` makes the
+kernel send it SIGTERM when the parent goes; a cheap thread that watches ``os.getppid()`` covers other systems (and
+the case where the signal is missed). Either way the worker releases its job and exits.
+
+This module stays free of torch: the spawned process runs :func:`spawned_worker_main` first, which arranges all
+this before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+#: ``prctl`` option number (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+#: How often the fallback thread checks that the parent is still there.
+PARENT_POLL_S = 0.5
+#: Sent by ``photomaker serve`` to its worker on a second Ctrl-C / SIGTERM: skip the rest of the grace period.
+RELEASE_NOW_SIGNAL = signal.SIGUSR1
+
+
+class StopRequest:
+    """The worker's shutdown state, safe to set from a signal handler (no locks, no threads started there)."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.stopping = threading.Event()
+        self._release_now = threading.Event()
+        self._deadline: float | None = None
+
+    def request(self, release_now: bool = False) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.grace_s
+        self.stopping.set()
+        if release_now:
+            self._release_now.set()
+
+    def release_due(self) -> bool:
+        """True once the job in hand should be given back (grace period over, or an urgent stop)."""
+        if self._release_now.is_set():
+            return True
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent exits. False where unsupported.
+
+    Caveat: the kernel tracks the parent *thread* that forked us, so the parent must spawn workers from a thread
+    that lives as long as it does (the supervisor's main thread or its watch thread, which ends only at shutdown).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_parent(parent_pid: int, on_orphaned: Callable[[], None], interval_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Call ``on_orphaned`` (once) when this process's parent is no longer ``parent_pid`` (it died; we were
+    re-parented to init or a subreaper)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        on_orphaned()
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def install_stop_handlers(
+    stop: StopRequest, *, parent_pid: int | None, interrupt_now: Callable[[], bool]
+) -> None:
+    """SIGTERM (and, for a standalone worker, SIGINT) request a graceful stop; a second one, or SIGTERM after the
+    parent died, releases the job at once. ``interrupt_now()`` says whether to abort the current Python code
+    (the model is still loading: no job is held, so there is nothing to finish)."""
+
+    def orphaned() -> bool:
+        return parent_pid is not None and os.getppid() != parent_pid
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # A standalone worker's second signal means "now". A spawned one can get SIGTERM twice for one stop
+        # (systemd signals the whole cgroup, the supervisor signals it too), so there only RELEASE_NOW_SIGNAL or a
+        # dead parent skip the grace period.
+        urgent = orphaned() or signum == RELEASE_NOW_SIGNAL or (parent_pid is None and stop.stopping.is_set())
+        stop.request(release_now=urgent)
+        if interrupt_now():
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(RELEASE_NOW_SIGNAL, on_signal)
+    # Under ``serve`` a terminal's Ctrl-C reaches the whole process group; the parent decides and tells us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if parent_pid is not None else on_signal)
+
+
+def spawned_worker_main(settings: Settings, parent_pid: int) -> None:
+    """Entry point of the worker process ``photomaker serve`` spawns: tie its life to the parent's, then run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the heavy imports: the parent handles Ctrl-C
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        return
+    from .process import run_worker
+
+    run_worker(settings, parent_pid=parent_pid)
