@@ -158,7 +158,7 @@ def _generate_local(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .engine.demo import DEMO_WARNING
-    from .engine.options import GenerationOptions
+    from .contract.request import GenerationOptions
 
     settings = settings_from_args(args)
     if settings.tiny:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from .engine.options import GenerationOptions, ImageSize, error_details
+from .contract.request import GenerationOptions, ImageSize, error_details
 from .engine.styles import style_names
 from .settings import Settings
 
@@ -206,7 +206,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_model_flags(worker)
 
     db = command("db", "manage the job database")
-    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", help="what to do")
     upgrade = db_sub.add_parser("upgrade", help="apply pending schema migrations (servers also do it at start) and "
                                 "adopt a single-machine data dir's secrets", formatter_class=HelpFormatter,
                                 description="apply pending schema migrations and adopt a data dir's secrets")

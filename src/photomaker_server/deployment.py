@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from .jobs.factory import open_job_store
 from .jobs.protocol import JobStore
 from .jobs.wakeups import Wakeups, open_wakeups
+from .jobs.webhooks import WebhookSigner
 from .settings import Settings
 from .shared_secrets import SharedSecrets, load_shared_secrets
 from .storage.base import FileStorage
@@ -36,6 +37,7 @@ class Deployment:
     #: Change notifications: ``"work"`` wakes idle workers, ``"job:<id>"`` wakes streams following that job.
     wakeups: Wakeups
     secrets: SharedSecrets
+    webhook_signer: WebhookSigner
     storage: FileStorage
 
     def close(self) -> None:
@@ -59,6 +61,7 @@ def open_deployment(settings: Settings) -> Deployment:
     try:
         store = open_job_store(url, publish=wakeups.publish)
         secrets = load_shared_secrets(settings, store)
+        signer = WebhookSigner.from_pem(secrets.webhook_key_pem)
         storage = storage_from_settings(settings, secrets.upload_secret)
     except ValueError as exc:
         wakeups.close()
@@ -70,7 +73,7 @@ def open_deployment(settings: Settings) -> Deployment:
         if store is not None:
             store.close()
         raise
-    return Deployment(settings, store, wakeups, secrets, storage)
+    return Deployment(settings, store, wakeups, secrets, signer, storage)
 
 
 def _redact(url: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from photomaker_server.engine.errors import GenerationCancelled, InvalidRequest
-from photomaker_server.engine.options import GenerationOptions
+from photomaker_server.contract.request import GenerationOptions
 from photomaker_server.engine.service import Engine, EngineConfig, GenerationRequest
 from photomaker_server.engine.styles import get_style, style_names
 

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from photomaker_server.engine.errors import InvalidRequest
-from photomaker_server.engine.options import GenerationOptions, check_trigger_word, resolve_size, start_merge_step
+from photomaker_server.contract.request import GenerationOptions, check_trigger_word
+from photomaker_server.engine.options import resolve_size, start_merge_step
 from photomaker_server.engine.prompts import add_trigger_word, text_only_prompt, tokenize_id_prompt, tokenize_plain
 from photomaker_server.engine.tiny import _tokenizer
 

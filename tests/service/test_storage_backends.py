@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from photomaker_server.api.app import create_app
+from photomaker_server.contract.request import PhotoMakerInput
 from photomaker_server.worker.process import Worker
 from photomaker_server.settings import APP_ID, Settings
 
@@ -47,10 +48,13 @@ def test_worker_results_hold_keys_and_the_api_renders_urls(settings, client):
     job = store.submit(owner, APP_ID, {"prompt": "a man img"})
     store.claim("w", 30)
     image = Image.new("RGB", (8, 6), "red")
-    stored = worker._deliver(job, 0, image, "png", False, False)
+    def request(**fields):  # noqa: ANN202
+        return PhotoMakerInput(prompt="a man img", image_archive_url="https://example.com/a.zip", **fields)
+
+    stored = worker._deliver(job, 0, image, request(output_format="png"), False).model_dump(exclude_none=True)
     assert set(stored) == {"key", "content_type", "file_name", "file_size", "width", "height"}, "no URL is stored"
     assert stored["file_name"] == f"{job.id}-0.png" and (stored["width"], stored["height"]) == (8, 6)
-    synced = worker._deliver(job, 1, image, "jpeg", True, False)
+    synced = worker._deliver(job, 1, image, request(output_format="jpeg", sync_mode=True), False).model_dump(exclude_none=True)
     assert synced["url"].startswith("data:image/jpeg;base64,") and "key" not in synced
     store.complete(job.id, "w", {"images": [stored, synced], "seed": 1})
     assert store.get(job.id).result["images"][0] == stored

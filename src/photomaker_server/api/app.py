@@ -14,7 +14,6 @@ from .. import __version__
 from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
 from ..deployment import Deployment, open_deployment
-from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..shared_secrets import generated_api_key
 from . import errors, openapi
@@ -38,7 +37,7 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         wakeups=deployment.wakeups,
         storage=deployment.storage,
         keys=KeyRing(settings, generated_api_key(settings, deployment.store)),
-        signer=WebhookSigner.from_pem(deployment.secrets.webhook_key_pem),
+        signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
         demo_warning=DEMO_WARNING if settings.tiny else None,

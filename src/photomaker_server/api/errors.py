@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from ..engine.options import error_details
+from ..contract.request import error_details
 from ..jobs.records import StoreUnavailable
 from ..storage.base import StorageUnavailable
 

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..engine.styles import get_style
 from ..settings import APP_ID
-from .schemas import PhotoMakerInput
+from ..contract.request import PhotoMakerInput
 
 DOCS_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"

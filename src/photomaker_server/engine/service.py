@@ -26,7 +26,8 @@ from .devices import CPU_WARNING, Placement, choose_placement
 from .errors import InvalidRequest, WeightsUnavailable
 from .id_cache import IDEmbeddingCache
 from .id_encoder import PhotoMakerIDEncoder
-from .options import GenerationOptions, resolve_size
+from ..contract.request import GenerationOptions
+from .options import resolve_size
 from .pipeline import CancelCheck, PhotoMakerPipeline, StepCallback
 from .styles import get_style
 from .weights import resolve_base_model, resolve_checkpoint

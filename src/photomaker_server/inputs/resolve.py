@@ -7,10 +7,10 @@ own address); everything else goes through the SSRF-safe fetcher. Each step logs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from PIL import Image
 
+from ..contract.request import PhotoMakerInput
 from ..settings import Settings
 from ..storage.base import FileStorage
 from .archives import ArchiveLimits, extract_photos
@@ -45,11 +45,11 @@ class InputLoader:
                 exc.field = field
             raise
 
-    def load(self, payload: dict[str, Any], log: Log) -> tuple[list[Image.Image], Image.Image | None]:
+    def load(self, request: PhotoMakerInput, log: Log) -> tuple[list[Image.Image], Image.Image | None]:
         """(ID photos in order, initial image or None)."""
         named: list[tuple[str, bytes]] = []
-        archive_url = payload["image_archive_url"]
-        extra_urls = [u for u in payload.get("image_urls") or [] if u != archive_url]
+        archive_url = request.image_archive_url
+        extra_urls = [u for u in request.image_urls or [] if u != archive_url]
         log(f"Fetching the photos ({1 + len(extra_urls)} file{'s' if extra_urls else ''})")
         contents = extract_photos(self._fetch(archive_url, "image_archive_url"), self.archive_limits)
         for line in contents.skipped:
@@ -63,8 +63,8 @@ class InputLoader:
             named = named[: self.archive_limits.max_photos]
         photos = [decode_image(data, self.image_limits, what=name) for name, data in named]
         initial = None
-        if payload.get("initial_image_url"):
+        if request.initial_image_url:
             log("Fetching the initial image")
-            initial = decode_image(self._fetch(payload["initial_image_url"], "initial_image_url"), self.image_limits,
+            initial = decode_image(self._fetch(request.initial_image_url, "initial_image_url"), self.image_limits,
                                    what="initial image")
         return photos, initial

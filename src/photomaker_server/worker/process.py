@@ -24,8 +24,12 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..deployment import open_deployment
-from ..engine.options import GenerationOptions
+from ..contract.request import PhotoMakerInput, error_details, parse_request
+from ..contract.result import StoredImage, StoredOutput
+from ..engine.demo import DEMO_WARNING
 from ..inputs.errors import InputError
 from ..inputs.resolve import InputLoader
 from ..jobs.records import CANCELLED_ERROR, Job, StoreUnavailable, WorkerInfo
@@ -42,7 +46,6 @@ log = logging.getLogger(__name__)
 #: at the queue after this long; and it checks for a stop request this often while it waits.
 IDLE_RECHECK_S = 2.0
 STOP_CHECK_S = 0.2
-_OPTION_FIELDS = set(GenerationOptions.model_fields)
 
 
 class Worker:
@@ -174,13 +177,13 @@ class Worker:
 
         if self.load_error:
             raise _JobError(self.load_error, "runner_server_error")
-        payload = job.input
-        options = GenerationOptions.model_validate(
-            {k: v for k, v in payload.items() if k in _OPTION_FIELDS},
-            context={"trigger_word": self.settings.trigger_word, "max_num_images": self.settings.max_num_images},
-        )
+        try:  # validated at submit; parsed here into the same model, with the same deployment rules
+            request = parse_request(job.input, self.settings)
+        except ValidationError as exc:  # e.g. the trigger word was changed while the request waited
+            problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in error_details(exc))
+            raise _JobError(f"The request is not valid on this server: {problems}", "input_error") from None
         inputs_started = time.perf_counter()
-        photos, initial = self.inputs.load(payload, run.log)
+        photos, initial = self.inputs.load(request, run.log)
         inputs_time = time.perf_counter() - inputs_started
 
         step_started = [time.perf_counter()]
@@ -194,7 +197,7 @@ class Worker:
         started = time.perf_counter()
         try:
             result = self.engine.generate(
-                GenerationRequest(options, photos, initial), on_log=run.log, on_step=on_step,
+                GenerationRequest(request, photos, initial), on_log=run.log, on_step=on_step,
                 should_cancel=lambda: run.should_stop() or self.shutdown.release_due(),
             )
         except InvalidRequest as exc:
@@ -205,35 +208,28 @@ class Worker:
         self.info = replace(self.info, loaded_bases=self.engine.loaded_bases())
 
         run.log(f"Saving {len(result.images)} image{'s' if len(result.images) != 1 else ''}")
-        output_format = payload.get("output_format", "png")
-        images = [self._deliver(job, i, image, output_format, payload.get("sync_mode", False), result.demo_model)
-                  for i, image in enumerate(result.images)]
-        body: dict[str, Any] = {
-            "images": images,
-            "seed": result.seed,
-            "prompt": result.prompt,
-            "timings": {**result.timings, "inputs": round(inputs_time, 4), "inference": round(inference_time, 4)},
-            "demo_model": result.demo_model,
-        }
-        if result.demo_model:
-            from ..engine.demo import DEMO_WARNING
+        images = [self._deliver(job, i, image, request, result.demo_model) for i, image in enumerate(result.images)]
+        output = StoredOutput(
+            images=images,
+            seed=result.seed,
+            prompt=result.prompt,
+            timings={**result.timings, "inputs": round(inputs_time, 4), "inference": round(inference_time, 4)},
+            demo_model=result.demo_model,
+            demo_warning=DEMO_WARNING if result.demo_model else None,
+        )
+        return output.to_json(), round(inference_time, 4)
 
-            body["demo_warning"] = DEMO_WARNING
-        return body, round(inference_time, 4)
-
-    def _deliver(self, job: Job, index: int, image, output_format: str, sync_mode: bool, demo: bool) -> dict:  # noqa: ANN001
-        from ..engine.demo import DEMO_WARNING
-
-        data, content_type = encode_image(image, output_format, DEMO_WARNING if demo else None)
-        file_name = f"{job.id}-{index}.{EXTENSIONS[output_format]}"
+    def _deliver(self, job: Job, index: int, image, request: PhotoMakerInput, demo: bool) -> StoredImage:  # noqa: ANN001
+        data, content_type = encode_image(image, request.output_format, DEMO_WARNING if demo else None)
+        file_name = f"{job.id}-{index}.{EXTENSIONS[request.output_format]}"
         # A stored image is kept by its storage key; the API renders its URL when it answers (results outlive
         # public-URL, CDN and presigning changes, and the worker never needs the API's address).
-        if sync_mode:
+        if request.sync_mode:
             where = {"url": f"data:{content_type};base64,{base64.b64encode(data).decode()}"}
         else:
             where = {"key": self.storage.put(data, content_type, file_name).key}
-        return {**where, "content_type": content_type, "file_name": file_name, "file_size": len(data),
-                "width": image.width, "height": image.height}
+        return StoredImage(**where, content_type=content_type, file_name=file_name, file_size=len(data),
+                           width=image.width, height=image.height)
 
     def _fail(self, job: Job, run: JobRun, exc: Exception) -> None:
         from ..engine.checkpoint import CheckpointError

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from ...engine.options import IMAGE_SIZE_PRESETS
+from ...contract.request import IMAGE_SIZE_PRESETS
 from ...engine.styles import default_style, style_names
 from ...jobs.records import WorkerInfo, iso_utc
 from ...worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S

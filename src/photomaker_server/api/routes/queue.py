@@ -15,6 +15,8 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from ...contract.request import PhotoMakerInput, parse_request
+from ...contract.result import PhotoMakerOutput
 from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.results import UrlRenderer, render_result
 from ...jobs.records import CancelOutcome, Job, JobStatus, parse_priority
@@ -23,7 +25,7 @@ from ..auth import require_owner
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris
 from ..errors import ERROR_STATUS, error_response, validation_response
-from ..schemas import PhotoMakerInput, PhotoMakerOutput, QueueStatus, QueueSubmitted
+from ..schemas import QueueStatus, QueueSubmitted
 
 router = APIRouter(tags=["queue"])
 INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
@@ -52,14 +54,7 @@ def _request_headers(job_id: str) -> dict[str, str]:
 
 
 def validate_input(ctx, payload: dict[str, Any]) -> PhotoMakerInput:  # noqa: ANN001
-    return PhotoMakerInput.model_validate(
-        payload,
-        context={
-            "trigger_word": ctx.settings.trigger_word,
-            "max_num_images": ctx.settings.max_num_images,
-            "max_pixels": ctx.settings.max_pixels_out,
-        },
-    )
+    return parse_request(payload, ctx.settings)
 
 
 def _start_deadline(request: Request) -> float | None:
