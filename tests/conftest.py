@@ -76,13 +76,9 @@ def pg_server():
 def s3_server(tmp_path_factory):
     """A real S3 API for the session: SeaweedFS started here (killed at the end), or the operator's server named
     by ``PHOTOMAKER_TEST_S3_ENDPOINT``. Nothing here touches the environment: use ``s3_env`` for that."""
-    from s3_server import operator_server, start_seaweedfs
+    from s3_server import s3_for_tests
 
-    server = operator_server()
-    if server is not None:
-        yield server
-        return
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    server = s3_for_tests(tmp_path_factory.mktemp("seaweedfs"))
     try:
         yield server
     finally:
@@ -95,6 +91,6 @@ def s3_env(s3_server, monkeypatch):
     as a deployment configures it)."""
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env.items():
+    for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server

@@ -335,7 +335,8 @@ class S3Handle:
                 "-master.telemetry=false",  # never phones home (and could not: no route out of the harness)
                 "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra listeners on fixed ports we do not use
                 f"-filer.localSocket={self.directory / 'filer.sock'}", f"-s3.localSocket={self.directory / 's3.sock'}",
-                "-volume.max=4", "-master.volumeSizeLimitMB=256"]
+                # Room for a bucket (collection) per test; volumes are sparse files, capped small.
+                "-volume.max=100", "-master.volumeSizeLimitMB=64"]
         log = open(self.log_path, "ab")
         try:
             self.process = reaper.track(subprocess.Popen(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -109,6 +110,9 @@ def test_network_teardown_removes_everything_even_with_processes_running(netns_m
     net = netns_module.Network()
     host = net.add_host("busy")
     sleeper = host.run(["sleep", "600"])
+    deadline = time.monotonic() + 10  # `ip netns exec` joins the namespace just after the fork
+    while host.pids() != [sleeper.pid] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert host.pids() == [sleeper.pid]
     net.close()
     assert sleeper.wait(10) == -9

@@ -44,7 +44,7 @@ CALLS = {
 def private_pg(pg_server):
     """A server the test may stop: the session's embedded one (restarted afterwards), or a server of its own
     when the session uses an operator's server."""
-    if pg_server.embedded is not None:
+    if pg_server.handle is not None:
         yield pg_server
         pg_server.start()
         return
