@@ -54,7 +54,7 @@ def open_deployment(settings: Settings) -> Deployment:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.job_database_url
     try:
-        wakeups = open_wakeups(url, local_dir=None if settings.database_url else settings.data_dir / "wakeups")
+        wakeups = open_wakeups(url)
     except ValueError as exc:
         raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
     store = None
