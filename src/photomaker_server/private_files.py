@@ -1,17 +1,17 @@
-"""Files only this user may read (mode 0600): keys, secrets, the local API key copy.
+"""Files only this user may read (mode 0600): the local copy of the generated API key, the TLS private key.
 
 One helper instead of a hand-written ``os.open(..., 0o600)`` per caller, so every secret file is created the same
-careful way: written aside, fsynced, then moved into place, so a concurrent reader never sees half a key.
+careful way: written aside (never readable by others, not even for a moment), fsynced, then moved into place, so a
+concurrent reader never sees half a key.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["read_or_create_private", "write_private"]
+__all__ = ["write_private"]
 
 
 def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
@@ -35,15 +35,3 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def read_or_create_private(path: Path, create: Callable[[], bytes]) -> tuple[bytes, bool]:
-    """(the file's bytes, whether this call created it). Racing processes all end up with the winner's bytes."""
-    path = Path(path)
-    if path.is_file():
-        return path.read_bytes(), False
-    try:
-        write_private(path, create(), exclusive=True)
-    except FileExistsError:
-        return path.read_bytes(), False
-    return path.read_bytes(), True

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from .logs import configure_logging
+from .private_files import write_private
 from .settings import Settings
 
 log = logging.getLogger("photomaker_server")
@@ -159,9 +160,7 @@ def ensure_tls(settings: Settings) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key_bytes)
+    write_private(key_path, key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
