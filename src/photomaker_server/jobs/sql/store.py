@@ -347,7 +347,10 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         now = self._clock()
         try:
             with self._write() as conn:
-                exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).scalar()
+                # The job row's lock (PostgreSQL; SQLite's write lock does the same) orders a job's log lines:
+                # every other writer of its logs updates that row first, so ids are taken, and committed, in
+                # order, and a reader following with ``after_id`` never skips a line.
+                exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update()).scalar()
                 if exists is None:
                     raise KeyError(job_id)
                 return self._insert_log(conn, job_id, message, level, now)
