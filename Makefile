@@ -31,13 +31,15 @@ serve: $(STAMP)
 cluster: $(STAMP)
 	$(PY) tools/cluster.py $(CLUSTER_ARGS)
 
-# The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples.
+# The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples,
+# iproute2 for the multi-host tests (network namespaces).
 test-deps: $(STAMP)
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
 	@missing=""; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages for the browser and docs tests:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
