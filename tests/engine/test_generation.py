@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from photomaker_server.contract.request import GenerationOptions, PhotoMakerInput
 from photomaker_server.engine.errors import GenerationCancelled, InvalidRequest
-from photomaker_server.contract.request import GenerationOptions
 from photomaker_server.engine.service import Engine, EngineConfig, GenerationRequest
 from photomaker_server.engine.styles import get_style, style_names
 
@@ -29,6 +29,17 @@ def run(engine, photos, initial=None, on_step=None, should_cancel=None, **fields
 
 def pixels(result, index=0):
     return np.asarray(result.images[index], dtype=np.int16)
+
+
+def test_the_whole_request_runs_as_its_options(engine, faces):
+    """The worker hands the engine the request it parsed (file URLs and delivery options included): same image."""
+    fields = {"prompt": "a photo of a man img", "num_inference_steps": 3, "image_size": SMALL, "seed": 9,
+              "style": "(No style)"}
+    whole = PhotoMakerInput(**fields, image_archive_url="https://example.com/a.zip", output_format="webp",
+                            sync_mode=True, image_urls=["https://example.com/b.png"])
+    from_request = engine.generate(GenerationRequest(whole, list(faces[:1])))
+    from_options = engine.generate(GenerationRequest(GenerationOptions(**fields), list(faces[:1])))
+    assert np.array_equal(pixels(from_request), pixels(from_options))
 
 
 def test_same_seed_same_image_other_seed_other_image(engine, faces):

@@ -206,8 +206,10 @@ class Engine:
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
+        # The options were validated by whoever built them, perhaps with another trigger word (a library caller):
+        # the engine's own rules are checked once more on the generation fields (a request may carry more).
         options = GenerationOptions.model_validate(
-            request.options.model_dump(),
+            request.options.model_dump(include=set(GenerationOptions.model_fields)),
             context={"trigger_word": self.config.trigger_word, "max_num_images": self.config.max_num_images},
         )
         if not request.id_images:
