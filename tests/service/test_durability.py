@@ -119,7 +119,8 @@ def test_graceful_stop_with_a_job_running_then_restart(tiny_root, tmp_path):
         queued = [api.submit(small(seed=s)) for s in (3, 4, 5)]
         assert api.wait_for_log(running, "Step ")["status"] == "IN_PROGRESS"
     finally:
-        first.stop(signal.SIGINT)
+        # Longer than the server's own grace period (60 s) plus its kill margin: the job in hand must be let finish.
+        first.stop(signal.SIGINT, timeout=120)
     assert first.process.returncode == 0, first.log()[-3000:]
     # The worker finished the job in hand before exiting (SIGTERM: no new claims); what was queued is still queued
     # or, claimed in the moment before the worker got the signal, finished.
