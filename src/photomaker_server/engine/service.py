@@ -206,8 +206,10 @@ class Engine:
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
+        # Only the generation fields: the worker passes the whole request (a PhotoMakerInput, with its file and
+        # delivery fields), which GenerationOptions (extra="forbid") would refuse.
         options = GenerationOptions.model_validate(
-            request.options.model_dump(),
+            request.options.model_dump(include=set(GenerationOptions.model_fields)),
             context={"trigger_word": self.config.trigger_word, "max_num_images": self.config.max_num_images},
         )
         if not request.id_images:
