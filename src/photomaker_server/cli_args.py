@@ -143,6 +143,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def add_shutdown_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=_seconds, metavar="SECONDS",
                         help=f"on SIGTERM/SIGINT, how long the running job may take to finish before it goes back to "
@@ -191,6 +201,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["text", "json"],
                        help=f"json: one object per line for log collectors (default: {_setting('log_format')})")
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    serve.add_argument("--api-processes", type=_positive_int, default=1, metavar="K",
+                       help="with --no-worker: K API processes share the port (each opens its own connections to "
+                            "the database and storage; use with --database-url)")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")
     serve.add_argument("--max-request-bytes", type=int, metavar="BYTES",

@@ -242,7 +242,12 @@ class Shutdown:
         self.server.should_exit = True
 
 
-def serve(settings: Settings, run_worker: bool = True) -> int:
+def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -> int:
+    """Run the API (and, with ``run_worker``, one supervised worker) until SIGTERM/SIGINT.
+
+    ``api_processes`` > 1 (API replicas only): that many uvicorn processes share the port
+    (:mod:`.api_processes`); the banner and a generated key are printed once, here.
+    """
     import uvicorn
 
     from .api.app import build_context, create_app
@@ -254,8 +259,16 @@ def serve(settings: Settings, run_worker: bool = True) -> int:
     cert = key = None
     if settings.tls:
         cert, key = ensure_tls(settings)
+    if api_processes > 1 and run_worker:
+        raise ValueError("several API processes need run_worker=False: the worker supervisor belongs to one process")
     ctx = build_context(settings)
     _banner(settings, ctx.keys.created, ctx.keys.local_key, cert)
+    if api_processes > 1:
+        from .api_processes import serve_api_processes
+
+        ctx.wakeups.close()  # each child opens its own deployment; the parent keeps nothing open
+        ctx.store.close()
+        return serve_api_processes(settings, api_processes, cert, key)
     supervisor = WorkerSupervisor(settings, on_exit=lambda pid: forget_process(ctx.store, pid)) if run_worker else None
     shutdown = Shutdown(supervisor)
     config = uvicorn.Config(

@@ -44,6 +44,25 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
     )
 
 
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory for ``serve --api-processes K``: each child process builds its own app (and opens its
+    own deployment) from the ``PHOTOMAKER_*`` environment its parent exported (see :mod:`..api_processes`)."""
+    import multiprocessing
+    import os
+    import signal
+
+    from ..logs import configure_logging
+    from ..worker.shutdown import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGTERM)  # a SIGKILLed parent must not leave children holding the port
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the line above took effect
+        raise SystemExit("the serve process that started this API process is gone")
+    settings = Settings()
+    configure_logging(settings.log_format, "api")
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None, ctx: AppContext | None = None, housekeeping: bool = True) -> FastAPI:
     ctx = ctx or build_context(settings or Settings())
 
