@@ -206,8 +206,10 @@ class Engine:
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
+        # The options may come as a subclass (the API's PhotoMakerInput, with input URLs and delivery fields):
+        # only the generation fields are re-checked against this engine's limits.
         options = GenerationOptions.model_validate(
-            request.options.model_dump(),
+            request.options.model_dump(include=set(GenerationOptions.model_fields)),
             context={"trigger_word": self.config.trigger_word, "max_num_images": self.config.max_num_images},
         )
         if not request.id_images:
