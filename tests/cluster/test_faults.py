@@ -1,0 +1,236 @@
+"""Faults of a scaled-out deployment, with real processes: PostgreSQL restarted, the object store gone, a worker
+or an API replica killed with SIGKILL.
+
+Every process is a real ``photomaker serve --no-worker`` / ``photomaker worker --tiny`` on PostgreSQL and
+SeaweedFS (from ``tools/substrate``). States are polled with generous deadlines (the machine may be busy); nothing
+is timed. Every process group is killed afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+
+import reaper
+import substrate
+from helpers import image_bytes, make_face
+from live_server import APP, OTHER_KEY, LiveServer
+
+PNG = b"\x89PNG\r\n\x1a\n"
+HEADERS = {"Authorization": f"Key {OTHER_KEY}"}
+#: Generous: a 2-core machine shared with other test runs.
+DEADLINE_S = 300
+PHOTO = "data:image/png;base64," + base64.b64encode(image_bytes(make_face(0, (64, 80)))).decode()
+STARTED = re.compile(r"Started on worker (\S+)")
+
+
+def body(steps: int = 4, seed: int = 1) -> dict:
+    return {"prompt": "a photo of a man img", "image_archive_url": PHOTO, "num_inference_steps": steps,
+            "image_size": {"width": 64, "height": 64}, "seed": seed}
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = DEADLINE_S, every: float = 0.3) -> object:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, OSError) as exc:  # a replica restarting, a refused connection: try again
+            last = exc
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Worker:
+    """One ``photomaker worker --tiny`` process (its own session: killed as a group)."""
+
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Cluster:
+    """PostgreSQL + SeaweedFS, and the replicas and workers started on them (all stopped by ``close``)."""
+
+    root: Path
+    tiny_root: Path
+    pg: substrate.PostgresHandle
+    s3: substrate.S3Handle
+    replicas: list[LiveServer] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def storage_url(self) -> str:
+        return "s3://photomaker/faults"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, **self.s3.env(), "PHOTOMAKER_API_KEYS": OTHER_KEY, "PHOTOMAKER_LEASE_SECONDS": "3",
+                "PHOTOMAKER_DATABASE_URL": self.pg.url, "PHOTOMAKER_STORAGE_URL": self.storage_url, **extra}
+
+    def replica(self) -> LiveServer:
+        """An API replica (``serve --no-worker``), started; ready to answer (not waiting for a worker)."""
+        name = f"api{len(self.replicas) + 1}"
+        server = LiveServer(self.root / name, self.tiny_root, env=self.env(), extra_args=["--no-worker"])
+        self.replicas.append(server)
+        server.start(wait_ready=False)
+        reaper.track(server.process)
+        return server
+
+    def worker(self) -> Worker:
+        directory = self.root / f"worker{len(self.workers) + 1}"
+        (directory / "models").mkdir(parents=True, exist_ok=True)
+        if not (directory / "models" / "tiny").exists():
+            (directory / "models" / "tiny").symlink_to(self.tiny_root.resolve(), target_is_directory=True)
+        log_path = directory / "worker.log"
+        with open(log_path, "ab") as log:
+            process = reaper.track(subprocess.Popen(
+                [sys.executable, "-m", "photomaker_server.cli", "worker", "--tiny", "--data-dir", str(directory)],
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        worker = Worker(process, log_path)
+        self.workers.append(worker)
+        return worker
+
+    def close(self) -> None:
+        for server in self.replicas:
+            if server.process is not None:
+                reaper.kill_group(server.process)
+        for worker in self.workers:
+            reaper.kill_group(worker.process)
+        self.s3.kill()
+        self.pg.kill()
+
+    def logs(self) -> str:
+        parts = [f"--- {s.data_dir.name}\n{s.log()[-6000:]}" for s in self.replicas]
+        parts += [f"--- worker {w.process.pid}\n{w.log()[-6000:]}" for w in self.workers]
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def cluster(tiny_root, no_leftovers):
+    root = no_leftovers
+    pg = substrate.start_postgres(root / "pg")
+    try:
+        s3 = substrate.start_seaweed(root / "s3")
+    except BaseException:
+        pg.kill()
+        raise
+    s3.bucket("photomaker")
+    made = Cluster(root, tiny_root, pg, s3)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# --- small HTTP helpers ---------------------------------------------------------------------------------------------
+def client(server: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=HEADERS, timeout=30)
+
+
+def submit(http: httpx.Client, request: dict) -> str:
+    answer = http.post(f"/{APP}", json=request)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["request_id"]
+
+
+def status(http: httpx.Client, request_id: str, logs: bool = False) -> dict:
+    answer = http.get(f"/{APP}/requests/{request_id}/status", params={"logs": 1} if logs else None)
+    assert answer.status_code in (200, 202), answer.text
+    return answer.json()
+
+
+def wait_ready(http: httpx.Client, workers: int = 1) -> None:
+    def ready() -> bool:
+        answer = http.get("/ready")
+        return answer.status_code == 200 and sum(w["state"] == "ready" for w in answer.json()["workers"]) >= workers
+
+    wait_for(f"{workers} ready worker(s)", ready)
+
+
+def wait_state(http: httpx.Client, request_id: str, states: tuple[str, ...], timeout: float = DEADLINE_S) -> dict:
+    def reached() -> dict | None:
+        current = status(http, request_id)
+        return current if current["status"] in states else None
+
+    return wait_for(f"{request_id} in {states}", reached, timeout)
+
+
+def assert_completed_with_image(http: httpx.Client, request_id: str) -> dict:
+    """The job ends COMPLETED without error, and every image it lists downloads as a PNG."""
+    final = wait_state(http, request_id, ("COMPLETED",))
+    assert not final.get("error"), final
+    result = http.get(f"/{APP}/requests/{request_id}")
+    assert result.status_code == 200, result.text
+    images = result.json()["images"]
+    assert images
+    for image in images:
+        data = httpx.get(image["url"], timeout=30)
+        assert data.status_code == 200 and data.content.startswith(PNG), (image["url"], data.status_code)
+    return result.json()
+
+
+def assert_unavailable(answer: httpx.Response) -> None:
+    """fal's error body with 503 + Retry-After: what a client retries, never a 500."""
+    assert answer.status_code == 503, (answer.request.url, answer.status_code, answer.text)
+    assert int(answer.headers["Retry-After"]) > 0
+    payload = answer.json()
+    assert isinstance(payload["detail"], str) and payload["detail"], payload
+    assert isinstance(payload["error_type"], str) and payload["error_type"], payload
+
+
+def started_on(logs: list[dict]) -> list[str]:
+    return [m.group(1) for line in logs if (m := STARTED.search(line["message"]))]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------------------
+def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(cluster):
+    api = cluster.replica()
+    cluster.worker()
+    with client(api) as http:
+        wait_ready(http)
+        ids = [submit(http, body(steps=40, seed=i)) for i in range(4)]
+        wait_state(http, ids[0], ("IN_PROGRESS", "COMPLETED"))
+
+        cluster.pg.kill()  # a crash: the next start runs recovery
+        # While it is down, every endpoint that needs the database answers 503 + Retry-After (never a 500).
+        # /health too: it lists the deployment's workers from the database, and a load balancer should not send
+        # traffic to a replica that can accept nothing (every replica answers the same, so none is singled out).
+        for _ in range(3):
+            assert_unavailable(http.post(f"/{APP}", json=body()))
+            for request_id in ids[:2]:
+                assert_unavailable(http.get(f"/{APP}/requests/{request_id}/status"))
+                assert_unavailable(http.get(f"/{APP}/requests/{request_id}/status", params={"logs": 1}))
+                assert_unavailable(http.get(f"/{APP}/requests/{request_id}"))
+                assert_unavailable(http.put(f"/{APP}/requests/{request_id}/cancel"))
+            assert_unavailable(http.get("/health"))
+            assert_unavailable(http.get("/ready"))
+            time.sleep(0.5)
+        assert all(w.alive for w in cluster.workers), cluster.logs()
+
+        cluster.pg.start()
+        for request_id in ids:
+            assert_completed_with_image(http, request_id)
+        assert_completed_with_image(http, submit(http, body(seed=9)))  # and new work is taken again
+        assert http.get("/health").status_code == 200
+    assert all(w.alive for w in cluster.workers), cluster.logs()
