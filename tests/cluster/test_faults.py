@@ -9,7 +9,9 @@ is timed. Every process group is killed afterwards, whatever happened.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import threading
 import re
 import subprocess
 import sys
@@ -199,6 +201,44 @@ def assert_unavailable(answer: httpx.Response) -> None:
     assert isinstance(payload["error_type"], str) and payload["error_type"], payload
 
 
+class EventReader:
+    """Follows a request's SSE status stream in a thread, keeping every ``data:`` event (and any failure)."""
+
+    def __init__(self, server: LiveServer, request_id: str) -> None:
+        self.url = f"{server.url}/{APP}/requests/{request_id}/status/stream"
+        self.events: list[dict] = []
+        self.error: BaseException | None = None
+        self.status_code: int | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            timeout = httpx.Timeout(30, read=DEADLINE_S)
+            with httpx.stream("GET", self.url, params={"logs": 1}, headers=HEADERS, timeout=timeout) as answer:
+                self.status_code = answer.status_code
+                for line in answer.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(json.loads(line.removeprefix("data: ")))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def finish(self, timeout: float = DEADLINE_S) -> list[dict]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream never ended"
+        assert self.error is None, repr(self.error)
+        assert self.status_code == 200
+        return self.events
+
+
+def jobs_known(http: httpx.Client) -> int:
+    """Every job in the store (queued, running, finished), from ``/metrics``."""
+    text = http.get("/metrics").text
+    names = ("photomaker_queue_depth", "photomaker_jobs_running", "photomaker_jobs_finished")
+    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(names) and not line.startswith("#")))
+
+
 def started_on(logs: list[dict]) -> list[str]:
     return [m.group(1) for line in logs if (m := STARTED.search(line["message"]))]
 
@@ -211,6 +251,13 @@ def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(c
         wait_ready(http)
         ids = [submit(http, body(steps=40, seed=i)) for i in range(4)]
         wait_state(http, ids[0], ("IN_PROGRESS", "COMPLETED"))
+        streams = [EventReader(api, request_id) for request_id in ids[1:3]]  # open across the outage
+        wait_for("the streams' first events", lambda: all(stream.events for stream in streams))
+        waiting_run: dict[str, object] = {}  # a /run call (held open until its job ends) across the outage
+        run_thread = threading.Thread(target=lambda: waiting_run.update(answer=httpx.post(
+            f"{api.url}/run/{APP}", json=body(steps=40, seed=7), headers=HEADERS, timeout=DEADLINE_S)), daemon=True)
+        run_thread.start()
+        wait_for("the /run job to be accepted", lambda: jobs_known(http) == len(ids) + 1)
 
         cluster.pg.kill()  # a crash: the next start runs recovery
         # While it is down, every endpoint that needs the database answers 503 + Retry-After (never a 500).
@@ -223,6 +270,7 @@ def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(c
                 assert_unavailable(http.get(f"/{APP}/requests/{request_id}/status", params={"logs": 1}))
                 assert_unavailable(http.get(f"/{APP}/requests/{request_id}"))
                 assert_unavailable(http.put(f"/{APP}/requests/{request_id}/cancel"))
+                assert_unavailable(http.get(f"/{APP}/requests/{request_id}/status/stream"))
             assert_unavailable(http.get("/health"))
             assert_unavailable(http.get("/ready"))
             time.sleep(0.5)
@@ -231,6 +279,13 @@ def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(c
         cluster.pg.start()
         for request_id in ids:
             assert_completed_with_image(http, request_id)
+        run_thread.join(DEADLINE_S)
+        answer = waiting_run.get("answer")
+        assert isinstance(answer, httpx.Response) and answer.status_code == 200, (waiting_run, cluster.logs())
+        assert httpx.get(answer.json()["images"][0]["url"], timeout=30).content.startswith(PNG)
+        for stream in streams:  # a stream open across the outage rides it out and ends with COMPLETED
+            events = stream.finish()
+            assert events[-1]["status"] == "COMPLETED" and not events[-1].get("error"), events[-1]
         assert_completed_with_image(http, submit(http, body(seed=9)))  # and new work is taken again
         assert http.get("/health").status_code == 200
     assert all(w.alive for w in cluster.workers), cluster.logs()
