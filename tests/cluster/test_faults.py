@@ -32,7 +32,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Authorization": f"Key {OTHER_KEY}"}
 #: Generous: a 2-core machine shared with other test runs.
 DEADLINE_S = 300
-PHOTO = "data:image/png;base64," + base64.b64encode(image_bytes(make_face(0, (64, 80)))).decode()
+PHOTO_BYTES = image_bytes(make_face(0, (64, 80)))
+PHOTO = "data:image/png;base64," + base64.b64encode(PHOTO_BYTES).decode()
 STARTED = re.compile(r"Started on worker (\S+)")
 
 
@@ -289,3 +290,48 @@ def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(c
         assert_completed_with_image(http, submit(http, body(seed=9)))  # and new work is taken again
         assert http.get("/health").status_code == 200
     assert all(w.alive for w in cluster.workers), cluster.logs()
+
+
+# --- the object store ---------------------------------------------------------------------------------------------
+def test_object_store_outage_fails_only_the_affected_job_and_uploads_answer_503(cluster):
+    api = cluster.replica()
+    worker = cluster.worker()
+    with client(api) as http:
+        wait_ready(http)
+        before = assert_completed_with_image(http, submit(http, body(seed=1)))
+
+        running = submit(http, body(steps=100, seed=2))
+        # Past the input download (the photo is an object too): the outage hits the delivery of the images.
+        wait_for("generation steps", lambda: any(line["message"].startswith("Step ")
+                                                 for line in status(http, running, logs=True)["logs"]))
+        cluster.s3.kill()
+
+        final = wait_state(http, running, ("COMPLETED",))
+        assert final["error"] and "storage" in final["error"].lower(), final  # a clear error, not a hang
+        assert final["error_type"] == "runner_server_error", final
+        answer = http.get(f"/{APP}/requests/{running}")
+        assert answer.json()["detail"] == final["error"]
+        assert worker.alive, worker.log()
+
+        # While it is down: every upload flow, and a submit that carries a data URI, answer 503 + Retry-After.
+        assert_unavailable(http.post(f"/{APP}", json=body(seed=3)))
+        assert_unavailable(http.post("/storage/upload/multipart", files={"file": ("a.png", PHOTO_BYTES, "image/png")}))
+        token = http.post("/storage/auth/token").json()["token"]
+        assert_unavailable(httpx.post(f"{api.url}/files/upload", content=PHOTO_BYTES, timeout=30,
+                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"}))
+        initiated = http.post("/storage/upload/initiate", json={"content_type": "image/png", "file_name": "a.png"})
+        if initiated.status_code == 200:  # signing needs no store; the upload itself does
+            assert_unavailable(httpx.put(initiated.json()["upload_url"], content=PHOTO_BYTES, timeout=30,
+                                         headers={"Content-Type": "image/png"}))
+        else:
+            assert_unavailable(initiated)
+        assert_unavailable(httpx.get(before["images"][0]["url"], timeout=30))  # the file is there, the store not
+        # The queue itself is untouched: status and result of the finished job still answer.
+        assert http.get(f"/{APP}/requests/{running}/status").status_code == 200
+        assert worker.alive and wait_ready(http) is None, worker.log()
+
+        cluster.s3.start()
+        assert_completed_with_image(http, submit(http, body(seed=4)))
+        image = httpx.get(before["images"][0]["url"], timeout=30)  # finished before the outage: still there
+        assert image.status_code == 200 and image.content.startswith(PNG)
+    assert worker.alive, worker.log()
