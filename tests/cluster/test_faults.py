@@ -335,3 +335,54 @@ def test_object_store_outage_fails_only_the_affected_job_and_uploads_answer_503(
         image = httpx.get(before["images"][0]["url"], timeout=30)  # finished before the outage: still there
         assert image.status_code == 200 and image.content.startswith(PNG)
     assert worker.alive, worker.log()
+
+
+# --- kill -9 --------------------------------------------------------------------------------------------------------
+def test_a_killed_worker_s_job_completes_on_the_other_one_and_never_runs_twice_at_once(cluster):
+    api = cluster.replica()
+    workers = [cluster.worker(), cluster.worker()]
+    with client(api) as http:
+        wait_ready(http, workers=2)
+        victim_job = submit(http, body(steps=100, seed=1))
+        wait_for("the job's first step", lambda: any(
+            line["message"].startswith("Step ") for line in status(http, victim_job, logs=True)["logs"]))
+        others = [submit(http, body(seed=i)) for i in (2, 3)]  # queued behind it / on the other worker
+
+        first = started_on(status(http, victim_job, logs=True)["logs"])
+        assert len(first) == 1, first
+        victim = next(w for w in workers if f"-{w.process.pid}-" in first[0])
+        survivor = next(w for w in workers if w is not victim)
+        reaper.kill_group(victim.process)  # kill -9: no hand-back, the lease has to run out (3 s here)
+
+        assert_completed_with_image(http, victim_job)
+        for request_id in others:
+            assert_completed_with_image(http, request_id)
+        logs = status(http, victim_job, logs=True)["logs"]
+        runs = started_on(logs)
+        # One start per attempt: the killed worker's, then the survivor's (after the lease), and no other.
+        assert len(runs) == 2 and runs[0] == first[0], runs
+        assert f"-{survivor.process.pid}-" in runs[1], runs
+        messages = [line["message"] for line in logs]
+        assert messages.count("Completed") == 1, messages
+        assert messages.index("Completed") > max(i for i, m in enumerate(messages) if m.startswith("Started on"))
+        for request_id in others:
+            assert len(started_on(status(http, request_id, logs=True)["logs"])) == 1
+    assert survivor.alive, survivor.log()
+
+
+def test_a_killed_api_replica_loses_nothing_and_the_other_serves_every_request(cluster):
+    doomed, keeper = cluster.replica(), cluster.replica()
+    cluster.worker()
+    with client(doomed) as first, client(keeper) as second:
+        wait_ready(second)
+        ids = [submit(first, body(steps=40, seed=i)) for i in range(3)] + [submit(second, body(seed=3))]
+        wait_state(second, ids[0], ("IN_PROGRESS", "COMPLETED"))
+        doomed.kill()  # kill -9 of its process group, in the middle of the work
+
+        for request_id in ids:  # every request id, whichever replica took it, answers on the other
+            assert status(second, request_id)["status"] in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
+        ids.append(submit(second, body(seed=4)))  # submissions continue
+        for request_id in ids:
+            result = assert_completed_with_image(second, request_id)
+            assert all(image["url"].startswith(keeper.url) for image in result["images"]), result
+        assert jobs_known(second) == len(ids)
