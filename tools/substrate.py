@@ -297,6 +297,7 @@ class S3Handle:
         self.s3_port, self.master_port, self.volume_port, self.filer_port = ports
         self.log_path = self.directory / "weed.log"
         self.process: subprocess.Popen | None = None
+        self._buckets: list[str] = []  # made by ``bucket``; a restart's readiness probe writes into one of them
 
     @property
     def endpoint(self) -> str:
@@ -323,6 +324,8 @@ class S3Handle:
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
+        if name not in self._buckets:
+            self._buckets.append(name)
         return name
 
     def start(self, timeout: float = 60) -> S3Handle:
@@ -357,10 +360,18 @@ class S3Handle:
                 raise RuntimeError(f"weed exited with {self.process.returncode}:\n{_tail(self.log_path)}")
             try:
                 client = self.client()
-                client.create_bucket(Bucket="substrate-probe")
-                client.put_object(Bucket="substrate-probe", Key="probe", Body=b"ok")
-                client.delete_object(Bucket="substrate-probe", Key="probe")
-                client.delete_bucket(Bucket="substrate-probe")
+                # A restarted store probes a bucket it already has: its volume slots (-volume.max) may all be
+                # taken by existing buckets, and a new bucket would then find no writable volume.
+                bucket = self._buckets[0] if self._buckets else "substrate-probe"
+                if not self._buckets:
+                    try:
+                        client.create_bucket(Bucket=bucket)
+                    except client.exceptions.BucketAlreadyOwnedByYou:  # made by an earlier, failed try
+                        pass
+                client.put_object(Bucket=bucket, Key="substrate-probe", Body=b"ok")
+                client.delete_object(Bucket=bucket, Key="substrate-probe")
+                if not self._buckets:
+                    client.delete_bucket(Bucket=bucket)
                 return
             except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
                 error = exc

@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -64,12 +65,13 @@ def initiate_upload(
 async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONResponse:
     ctx = get_ctx(request)
     try:
-        ctx.storage.check_upload(upload_id, sig)  # before reading a byte: a bad URL must not cost a whole body
+        # Storage calls run in a thread: an object store that is slow or down must not stall this event loop.
+        await to_thread.run_sync(ctx.storage.check_upload, upload_id, sig)  # before reading a byte: a bad URL must not cost a whole body
     except UploadError as exc:
         return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
     data = await read_capped(request, ctx.settings.max_download_bytes)
     try:
-        stored = ctx.storage.accept_upload(upload_id, sig, data)
+        stored = await to_thread.run_sync(ctx.storage.accept_upload, upload_id, sig, data)
     except UploadError as exc:
         return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
     return JSONResponse({"url": ctx.file_url(stored.key), "file_size": stored.size}, status_code=200)
@@ -114,9 +116,9 @@ async def upload_with_token(request: Request) -> dict:
     if owner is None and ctx.keys.owner_for(request.headers.get("authorization")) is None:
         raise HTTPException(401, "Missing or invalid upload token", headers={"X-Fal-Error-Type": "unauthorized"})
     data = await read_capped(request, ctx.settings.max_download_bytes)
-    stored = ctx.storage.put(
-        data, request.headers.get("content-type", "application/octet-stream"), request.headers.get("x-fal-file-name", "file")
-    )
+    stored = await to_thread.run_sync(
+        ctx.storage.put, data, request.headers.get("content-type", "application/octet-stream"),
+        request.headers.get("x-fal-file-name", "file"))
     return {"access_url": ctx.file_url(stored.key), "file_size": stored.size}
 
 
@@ -129,7 +131,8 @@ async def upload_multipart(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise _too_large(limit)
-    stored = ctx.storage.put(data, file.content_type or "application/octet-stream", file.filename or "file")
+    stored = await to_thread.run_sync(
+        ctx.storage.put, data, file.content_type or "application/octet-stream", file.filename or "file")
     return UploadedFile(url=ctx.file_url(stored.key), file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
 
 

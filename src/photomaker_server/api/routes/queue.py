@@ -19,7 +19,7 @@ from ...contract.request import PhotoMakerInput, parse_request
 from ...contract.result import PhotoMakerOutput
 from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.results import UrlRenderer, render_result
-from ...jobs.records import CancelOutcome, Job, JobStatus, parse_priority
+from ...jobs.records import CancelOutcome, Job, JobStatus, StoreUnavailable, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx
@@ -154,6 +154,15 @@ def _current(ctx, job: Job) -> Job:  # noqa: ANN001
     return ctx.store.get(job.id, with_input=False) or job
 
 
+async def _refresh(ctx, job: Job) -> Job:  # noqa: ANN001
+    """``_current`` for a waiting request (``/run``): while the database restarts, the job as last seen, so the
+    wait rides out the outage (the job was accepted; a 503 now would make the client submit it again)."""
+    try:
+        return await to_thread.run_sync(_current, ctx, job)
+    except StoreUnavailable:
+        return job
+
+
 def status_body(ctx, job: Job, logs: list | None) -> dict[str, Any]:  # noqa: ANN001
     """fal's status envelope for the job's current state; ``logs`` are the entries to include (or None)."""
     body: dict[str, Any] = {"request_id": job.id, **_urls(ctx, job.id), "logs": logs}
@@ -207,13 +216,28 @@ async def status_stream(
         last_sent = time.monotonic()
         # Subscribe first, then read: a change between the two is then a pending wake-up, never a missed one.
         with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
-            current = job
+            current, stale = job, False
             while True:
-                new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
+                try:
+                    if stale:
+                        current = await to_thread.run_sync(_current, ctx, current)
+                    new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
+                    body = await to_thread.run_sync(status_body, ctx, current, [])
+                except StoreUnavailable:
+                    # The database is restarting: the headers are sent, so no 503 can be said any more. The
+                    # stream stays open (keep-alives) and reads again shortly; the job is safe in the database.
+                    if time.monotonic() - last_sent > KEEPALIVE_S:
+                        yield ": keep-alive\n\n"
+                        last_sent = time.monotonic()
+                    if await request.is_disconnected():
+                        return
+                    await changes.wait_async(FALLBACK_WAIT_S)
+                    stale = True
+                    continue
+                stale = True
                 if new_logs:
                     last_log = new_logs[-1].id
-                entries = [line.to_fal() for line in new_logs] if with_logs else None
-                body = await to_thread.run_sync(status_body, ctx, current, entries)
+                body["logs"] = [line.to_fal() for line in new_logs] if with_logs else None
                 state = (body["status"], body.get("queue_position"))
                 if new_logs or state != last_state:
                     yield f"data: {json.dumps(body)}\n\n"
@@ -224,7 +248,6 @@ async def status_stream(
                 if body["status"] == "COMPLETED" or await request.is_disconnected():
                     return
                 await changes.wait_async(FALLBACK_WAIT_S)
-                current = await to_thread.run_sync(_current, ctx, current)
 
     return StreamingResponse(
         events(),
@@ -281,11 +304,11 @@ async def run(
     if isinstance(job, JSONResponse):
         return job
     with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
-        job = await to_thread.run_sync(_current, ctx, job)  # it may have finished before the subscription
+        job = await _refresh(ctx, job)  # it may have finished before the subscription
         while job.status != JobStatus.COMPLETED:
             if await request.is_disconnected():
                 await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
                 return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
             await changes.wait_async(FALLBACK_WAIT_S)
-            job = await to_thread.run_sync(_current, ctx, job)
+            job = await _refresh(ctx, job)
     return result_response(job, ctx.file_url)
