@@ -207,7 +207,9 @@ class Engine:
     ) -> GenerationResult:
         started = time.perf_counter()
         options = GenerationOptions.model_validate(
-            request.options.model_dump(),
+            # The worker hands over the whole submit-time model (a GenerationOptions subclass with the file and
+            # delivery fields); re-validate only the generation fields, which forbid extras.
+            request.options.model_dump(include=set(GenerationOptions.model_fields)),
             context={"trigger_word": self.config.trigger_word, "max_num_images": self.config.max_num_images},
         )
         if not request.id_images:
