@@ -49,6 +49,16 @@ def test_same_seed_same_image_other_seed_other_image(engine, faces):
     assert a.seed == 5 and a.images[0].size == (64, 64) and a.demo_model
 
 
+def test_the_full_submit_time_request_is_accepted_as_options(engine, faces):
+    # The worker hands over the whole PhotoMakerInput (file and delivery fields too), not a bare GenerationOptions.
+    from photomaker_server.contract.request import PhotoMakerInput
+
+    options = PhotoMakerInput(prompt="a photo of a man img", image_archive_url="https://example.com/a.zip",
+                              num_inference_steps=2, image_size=SMALL, seed=3, style="(No style)")
+    result = engine.generate(GenerationRequest(options, list(faces[:1])))
+    assert result.seed == 3 and result.images[0].size == (64, 64)
+
+
 def test_random_seed_is_reported_and_reproduces(engine, faces):
     first = run(engine, faces[:1], seed=None)
     assert 0 <= first.seed <= 2**31 - 1

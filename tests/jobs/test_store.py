@@ -297,6 +297,16 @@ def test_complete_and_fail_require_the_lease(store, clock):
     assert failed.result is None
 
 
+def test_complete_writes_its_last_log_line_only_when_it_completes(store, clock):
+    job = submit(store)
+    store.claim("w", 30)
+    assert store.complete(job.id, "other", {"images": []}, 1.0, last_log="Completed") is False
+    assert [line.message for line in store.logs(job.id)][-1] != "Completed"
+    assert store.complete(job.id, "w", {"images": []}, 1.0, last_log="Completed") is True
+    last = store.logs(job.id)[-1]
+    assert (last.message, last.level, last.ts) == ("Completed", "INFO", store.get(job.id).finished_at)
+
+
 def test_completion_enqueues_a_webhook_only_when_asked(store, clock):
     with_hook = submit(store, webhook_url="https://example.com/hook")
     without = submit(store)

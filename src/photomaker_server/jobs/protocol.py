@@ -48,7 +48,12 @@ class JobStore(Protocol):
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState: ...
 
     def complete(
-        self, job_id: str, worker_id: str, result: dict[str, Any], inference_time: float | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        result: dict[str, Any],
+        inference_time: float | None = None,
+        last_log: str | None = None,
     ) -> bool: ...
 
     def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool: ...

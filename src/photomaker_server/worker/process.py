@@ -65,6 +65,8 @@ class Worker:
         self.stop = self.shutdown.stopping
         #: Set when ``run`` returns: the heartbeat runs until then (a stopping worker may still hold a job).
         self._exited = threading.Event()
+        #: Set to make the heartbeat thread write the registry entry now rather than at its next beat.
+        self._beat_now = threading.Event()
 
     # --- life cycle -----------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -93,6 +95,12 @@ class Worker:
         self.info = replace(self.info, **changes)
         self._beat()
 
+    def _update_soon(self, **changes: Any) -> None:
+        """:meth:`_update` from the heartbeat thread, within milliseconds: for changes on a job's critical path
+        (the job in hand), whose registry write must not delay the job's start or the next claim."""
+        self.info = replace(self.info, **changes)
+        self._beat_now.set()
+
     def _beat(self) -> None:
         try:
             self.store.heartbeat(replace(self.info, stats=self.counters.as_dict()))
@@ -100,8 +108,11 @@ class Worker:
             log.warning("heartbeat failed (job database unreachable?)")
 
     def _heartbeat(self) -> None:
-        while not self._exited.wait(HEARTBEAT_S):
-            self._beat()
+        while not self._exited.is_set():
+            self._beat_now.wait(HEARTBEAT_S)
+            self._beat_now.clear()  # before the write: a change made during it is written by the next round
+            if not self._exited.is_set():
+                self._beat()
 
     @property
     def loading(self) -> bool:
@@ -113,26 +124,32 @@ class Worker:
         try:
             with self.deployment.wakeups.subscribe("work") as work:  # before the first look: no submit is missed
                 self.load()
+                woken = False
                 while not self.stop.is_set():
                     try:
-                        job = self.store.claim(self.worker_id, self.settings.lease_seconds) if self.store.has_work() else None
+                        # After a `work` wake-up a job is almost surely there: claim at once. Otherwise look first
+                        # with a read (on SQLite a claim takes the database's write lock, even when it finds nothing).
+                        runnable = woken or self.store.has_work()
+                        job = self.store.claim(self.worker_id, self.settings.lease_seconds) if runnable else None
                         if job is None:
-                            self._idle(work)
+                            woken = self._idle(work)
                             continue
+                        woken = False
                         if self.stop.is_set():  # the stop came while claiming: this job was never started
                             self._release(job)
                             break
-                        self._update(current_job=job.id)
+                        self._update_soon(current_job=job.id)
                         try:
                             self.process(job)
                         finally:
-                            self._update(current_job=None)
+                            self._update_soon(current_job=None)
                     except Exception:  # the database is down or broke: keep the model loaded and try again
                         log.exception("store error; retrying in a second (an unfinished job returns when its lease expires)")
                         self.stop.wait(1.0)
         finally:
             self.stop.set()
             self._exited.set()
+            self._beat_now.set()  # the heartbeat thread ends now rather than at its next beat
             try:
                 self.store.remove_worker(self.worker_id)
             except Exception:  # the database is gone: the entry goes stale and drops out of /health by itself
@@ -140,12 +157,13 @@ class Worker:
             self.deployment.close()
             log.info("worker %s stopped", self.worker_id)
 
-    def _idle(self, work) -> None:  # noqa: ANN001 (a wakeups Subscription)
-        """Sleep until a ``work`` wake-up, a stop request, or ``IDLE_RECHECK_S`` (wake-ups are best-effort)."""
+    def _idle(self, work) -> bool:  # noqa: ANN001 (a wakeups Subscription)
+        """Sleep until a ``work`` wake-up (True), a stop request, or ``IDLE_RECHECK_S`` (wake-ups are best-effort)."""
         deadline = time.monotonic() + IDLE_RECHECK_S
         while not self.stop.is_set() and time.monotonic() < deadline:
             if work.wait(STOP_CHECK_S):
-                return
+                return True
+        return False
 
     def _release(self, job: Job) -> None:
         if self.store.release(job.id, self.worker_id):
@@ -165,11 +183,10 @@ class Worker:
                 return
             if run.lease_lost.is_set():
                 return
-            # Logged before the status flips: clients (and the SSE stream) stop reading logs at COMPLETED, so a
-            # line written after it would be missed.
-            run.log("Completed")
+            # Every line is stored by the time the status flips: clients (and the SSE stream) stop reading logs at
+            # COMPLETED, so a line written after it would be missed. The last one goes in the same transaction.
             run.flush()
-            self.store.complete(job.id, self.worker_id, result, inference_time)
+            self.store.complete(job.id, self.worker_id, result, inference_time, last_log="Completed")
 
     def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
         from ..engine.errors import InvalidRequest

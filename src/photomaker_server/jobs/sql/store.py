@@ -204,14 +204,26 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         return LeaseState(held=res.rowcount == 1, cancel_requested=bool(cancel))
 
     def complete(
-        self, job_id: str, worker_id: str, result: dict[str, Any], inference_time: float | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        result: dict[str, Any],
+        inference_time: float | None = None,
+        last_log: str | None = None,
     ) -> bool:
-        """Record success. False (and nothing changes) when ``worker_id`` no longer holds the lease."""
+        """Record success. False (and nothing changes) when ``worker_id`` no longer holds the lease.
+
+        ``last_log``: an INFO line added in the same transaction, so it is stored exactly when the status flips
+        (clients stop reading logs at COMPLETED) without a commit of its own on the job's critical path.
+        """
         now = self._clock()
         with self._write() as conn:
-            return self._finish(
+            done = self._finish(
                 conn, job_id, now, guard=self._held_by(worker_id), result=result, inference_time=inference_time
             )
+            if done and last_log is not None:
+                self._insert_log(conn, job_id, last_log, "INFO", now)
+            return done
 
     def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool:
         """Record failure (or a cancellation the worker acted on: ``CANCELLED_ERROR``/``client_cancelled``)."""
