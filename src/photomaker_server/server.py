@@ -170,7 +170,7 @@ def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path
 
     lines = [f"PhotoMaker server on {settings.base_url}  (web page: {settings.base_url}/, API docs: {settings.base_url}/docs)"]
     if key_generated:  # printed once, when created; later starts only say where it is
-        lines.append(f"API key (generated now, stored in {settings.data_dir / 'api-key'}): {key}")
+        lines.append(f"API key (generated now; kept in the job database, a copy in {settings.data_dir / 'api-key'}): {key}")
     elif key:
         lines.append(f"API key: in {settings.data_dir / 'api-key'}")
     if cert is not None:

@@ -102,6 +102,8 @@ class Worker:
         self._beat_now.set()
 
     def _beat(self) -> None:
+        if self.stop.is_set() and self.info.state == "ready":
+            self.info = replace(self.info, state="stopping", detail="stopping: finishing or handing back its job")
         try:
             self.store.heartbeat(replace(self.info, stats=self.counters.as_dict()))
         except Exception:  # the database is down: the next beat retries (the registry tolerates gaps)
