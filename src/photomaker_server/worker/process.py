@@ -122,7 +122,8 @@ class Worker:
         return self.info.state in ("starting", "loading")
 
     def run(self) -> None:
-        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        heartbeat.start()
         try:
             with self.deployment.wakeups.subscribe("work") as work:  # before the first look: no submit is missed
                 self.load()
@@ -152,6 +153,7 @@ class Worker:
             self.stop.set()
             self._exited.set()
             self._beat_now.set()  # the heartbeat thread ends now rather than at its next beat
+            heartbeat.join(timeout=10)  # a beat in flight must not write the entry back after its removal
             try:
                 self.store.remove_worker(self.worker_id)
             except Exception:  # the database is gone: the entry goes stale and drops out of /health by itself
