@@ -169,6 +169,14 @@ class Host:
     def pids(self) -> list[int]:
         return [int(p) for p in _ip("netns", "pids", self.ns, check=False).stdout.split()]
 
+    def wait_empty(self, timeout: float = 10) -> bool:
+        """True once no process runs in this namespace. Killed processes leave it a moment after the kill: their
+        children are reaped only once re-parented."""
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.pids() == []
+
     def __repr__(self) -> str:
         return f"Host({self.name!r}, ns={self.ns!r}, ip={self.ip!r})"
 

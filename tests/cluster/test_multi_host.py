@@ -173,7 +173,7 @@ def test_jobs_survive_a_killed_worker_and_download_everywhere(deployment, face):
     for pid in w1.pids():
         os.kill(pid, 9)
     deployment.processes["w1"].wait(10)
-    assert w1.pids() == []
+    assert w1.wait_empty()
 
     outcome = deployment.fal("follow", deployment.url("api2"), *ids)
     assert sorted(outcome) == sorted(ids)

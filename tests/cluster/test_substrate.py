@@ -65,13 +65,13 @@ def test_postgres_over_tcp_from_another_namespace_survives_restart_and_kill(netw
         sql(client, pg.dsn, "INSERT INTO notes VALUES ('before kill')")
         first_pid = pg.process.pid
         pg.kill()  # SIGKILL: the next start runs crash recovery
-        assert db_host.pids() == []
+        assert db_host.wait_empty()
         pg.start()
         assert pg.process.pid != first_pid
         assert sql(client, pg.dsn, "SELECT body FROM notes ORDER BY body") == [["before kill"], ["before restart"]]
     finally:
         pg.stop()
-    assert db_host.pids() == [] and not pg.running
+    assert db_host.wait_empty() and not pg.running
 
 
 PUT_GET = """
@@ -103,7 +103,7 @@ def test_seaweed_in_a_namespace_serves_another_namespace(network, no_leftovers):
         assert httpx.get(url).content == body
     finally:
         s3.stop()
-    assert store_host.pids() == [] and not s3.running
+    assert store_host.wait_empty() and not s3.running
 
 
 def test_network_teardown_removes_everything_even_with_processes_running(netns_module, no_leftovers):
