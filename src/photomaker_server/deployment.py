@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from .jobs.factory import open_job_store
 from .jobs.protocol import JobStore
-from .jobs.wakeups import Wakeups, open_wakeups
+from .jobs.wakeups import PostgresWakeups, Wakeups, open_wakeups
 from .jobs.webhooks import WebhookSigner
 from .settings import Settings
 from .shared_secrets import SharedSecrets, load_shared_secrets
@@ -34,7 +34,8 @@ class DeploymentError(Exception):
 class Deployment:
     settings: Settings
     store: JobStore
-    #: Change notifications: ``"work"`` wakes idle workers, ``"job:<id>"`` wakes streams following that job.
+    #: Change notifications: ``"work"`` wakes idle workers, ``"job:<id>"`` (status) and ``"logs:<id>"`` wake
+    #: streams following that job.
     wakeups: Wakeups
     secrets: SharedSecrets
     webhook_signer: WebhookSigner
@@ -59,7 +60,10 @@ def open_deployment(settings: Settings) -> Deployment:
         raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
     store = None
     try:
-        store = open_job_store(url, publish=wakeups.publish)
+        if isinstance(wakeups, PostgresWakeups):  # the store's own transactions send the NOTIFY: no extra trip
+            store = open_job_store(url, notify_channel=wakeups.channel)
+        else:
+            store = open_job_store(url, publish=wakeups.publish)
         secrets = load_shared_secrets(settings, store)
         signer = WebhookSigner.from_pem(secrets.webhook_key_pem)
         storage = storage_from_settings(settings, secrets.upload_secret)

@@ -648,3 +648,42 @@ def test_concurrent_submits_keep_a_strict_order(db_path):
 def _all_ids(db_path: Path | str) -> list[str]:
     with SQLJobStore(db_path) as store, store._read() as conn:
         return list(conn.execute(sa.select(jobs_table.c.id)).scalars())
+
+
+# --- the job path's shortcuts -------------------------------------------------------------------------------------
+
+
+def test_submit_reports_the_queue_position_counted_in_its_transaction(store, clock):
+    first = submit(store)
+    assert first.queue_position == 0
+    second = submit(store)
+    assert second.queue_position == 1
+    urgent = submit(store, priority="high")
+    assert urgent.queue_position == 0  # ahead of both
+    clock.advance(1)
+    late = submit(store, start_deadline=clock.t + 1)
+    assert late.queue_position == 3
+    clock.advance(2)  # its deadline passes: it no longer counts for anyone
+    assert submit(store).queue_position == 3
+    # Records read later carry no position of their own; queue_position() tells the position now.
+    assert store.get(second.id).queue_position is None
+    assert store.queue_position(store.get(second.id)) == 2
+
+
+def test_claim_does_housekeeping_at_most_once_a_second_and_never_takes_a_job_past_its_deadline(store, clock):
+    from photomaker_server.jobs.sql.store import CLAIM_HOUSEKEEPING_S
+
+    assert store.claim("w", 30) is None  # housekeeping ran (nothing to do)
+    late = submit(store, start_deadline=clock.t + 0.2)
+    leased = submit(store)
+    clock.advance(0.5)  # the deadline passed; the next housekeeping round is not due yet
+    claimed = store.claim("w", 0.1)
+    assert claimed.id == leased.id  # the late job was skipped, not run
+    assert store.get(late.id).status == JobStatus.QUEUED
+    clock.advance(0.3)  # the lease expired too
+    assert store.claim("w2", 30) is None  # not requeued yet, and the late job is still not taken
+    clock.advance(CLAIM_HOUSEKEEPING_S)
+    again = store.claim("w2", 30)  # housekeeping: the late job fails, the lost one is back and taken
+    assert again.id == leased.id and again.attempts == 2
+    failed = store.get(late.id)
+    assert failed.status == JobStatus.COMPLETED and failed.error_type == "request_timeout"

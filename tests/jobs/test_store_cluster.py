@@ -7,10 +7,18 @@ import secrets
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from photomaker_server.jobs.factory import open_job_store
-from photomaker_server.jobs.records import CANCELLED_ERROR, RELEASED_MESSAGE, JobStatus, WorkerInfo
+from photomaker_server.jobs.records import (
+    CANCELLED_ERROR,
+    RELEASED_MESSAGE,
+    JobStatus,
+    WorkerInfo,
+    topics_to_announce,
+)
 from photomaker_server.jobs.sql import SQLJobStore
+from photomaker_server.jobs.wakeups import CHANNEL, PostgresWakeups
 
 APP = "fal-ai/photomaker"
 
@@ -144,7 +152,7 @@ def test_publish_topics_after_each_change(db_path, clock):
     store = open_job_store(db_path, clock=clock, publish=topics.append)
     try:
         job = store.submit("alice", APP, {})
-        assert set(topics) == {"work", f"job:{job.id}"}
+        assert topics == ["work"]  # nobody can follow the job before its id is returned
         topics.clear()
         store.get(job.id), store.logs(job.id), store.has_work(), store.counts()
         assert topics == []  # reads publish nothing
@@ -152,8 +160,13 @@ def test_publish_topics_after_each_change(db_path, clock):
         assert topics == [f"job:{job.id}"]
         topics.clear()
         store.append_log(job.id, "step 1")
+        assert topics == [f"logs:{job.id}"]  # log lines do not wake those following only the status
+        topics.clear()
+        store.append_logs(job.id, [("step 2", "INFO"), ("step 3", "INFO")])
+        assert topics == [f"logs:{job.id}"]  # one announcement per batch
+        topics.clear()
         store.request_cancel(job.id, "alice")
-        assert topics == [f"job:{job.id}", f"job:{job.id}"]
+        assert topics == [f"job:{job.id}"]  # the status topic wakes log followers too
         topics.clear()
         store.renew_lease(job.id, "w1", 10)
         assert topics == []
@@ -178,6 +191,11 @@ def test_publish_topics_after_each_change(db_path, clock):
         topics.clear()
         store.complete(second.id, "w1", {})
         assert topics == [f"job:{second.id}"]
+        third = store.submit("alice", APP, {})
+        store.claim("w1", 10)
+        topics.clear()
+        store.complete(third.id, "w1", {}, last_log="Completed", logs=[("Saving", "INFO")])
+        assert topics == [f"job:{third.id}"]
     finally:
         store.close()
 
@@ -212,3 +230,42 @@ def test_a_rolled_back_transaction_publishes_nothing(db_path):
         assert topics == []
     finally:
         store.close()
+
+
+def test_topics_to_announce_fold_a_jobs_log_topic_into_its_status_topic():
+    assert topics_to_announce(["logs:a", "job:a", "logs:a", "work", "logs:b"]) == ["job:a", "work", "logs:b"]
+    assert topics_to_announce([]) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_notify_channel_needs_postgresql(db_path):
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        SQLJobStore(db_path, notify_channel=CHANNEL)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgresql_store_notifies_inside_its_transactions(db_path):
+    """With ``notify_channel`` the topics ride on the transaction: delivered once it commits (to listeners in any
+    process), never for a rollback, and no ``publish`` callback is involved."""
+    wakeups = PostgresWakeups(str(db_path))
+    store = SQLJobStore(db_path, notify_channel=wakeups.channel)
+    try:
+        work = wakeups.subscribe("work")
+        job = store.submit("alice", APP, {})
+        assert work.wait(10)
+        status, logs = wakeups.subscribe(f"job:{job.id}"), wakeups.subscribe(f"logs:{job.id}")
+        store.append_log(job.id, "hello")
+        assert logs.wait(10) and not status.wait(0.2)
+        store.claim("w1", 30)
+        assert status.wait(10)
+        with pytest.raises(RuntimeError):
+            with store._write() as conn:  # a transaction that announces, then rolls back
+                store._notify(f"job:{job.id}")
+                conn.execute(sa.text("SELECT 1"))
+                raise RuntimeError("rolled back")
+        assert status.wait(0.5) is False
+        assert store.complete(job.id, "w1", {}, last_log="Completed")
+        assert status.wait(10)
+    finally:
+        store.close()
+        wakeups.close()

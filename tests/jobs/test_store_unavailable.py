@@ -3,6 +3,8 @@ works again once the server is back, without being reopened."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -101,3 +103,36 @@ def test_dropped_connections_are_replaced_transparently(private_pg):
         assert store.claim("w", 30).id == job.id
     finally:
         store.close()
+
+
+def test_a_pooled_connection_is_pinged_only_when_there_is_reason_to(pg_server, monkeypatch):
+    """No round trip per checkout: a connection used a moment ago is handed out as it is; one whose server spoke
+    (a termination notice) or that sat idle for PING_AFTER_IDLE_S is pinged first."""
+    from photomaker_server.jobs.sql import postgres
+
+    url = pg_server.create_database()
+    store = SQLJobStore(url)
+    pings: list[int] = []
+    real_ping = store._engine.dialect.do_ping
+    monkeypatch.setattr(store._engine.dialect, "do_ping", lambda conn: (pings.append(1), real_ping(conn))[1])
+    try:
+        job = store.submit("alice", APP, {})
+        for _ in range(20):
+            assert store.get(job.id) is not None
+        assert pings == []
+        monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 0.0)
+        assert store.get(job.id) is not None
+        assert pings == [1]
+        monkeypatch.setattr(postgres, "PING_AFTER_IDLE_S", 30.0)
+        with store._read() as conn:  # the server ends this session while the connection sits in the pool
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.dispose()
+        time.sleep(0.2)  # the termination notice reaches our socket
+        assert store.get(job.id) is not None  # noticed at checkout, replaced: no error
+        assert len(pings) == 2
+    finally:
+        store.close()
+        pg_server.drop_database(url)

@@ -405,3 +405,39 @@ def test_pg_bad_url_fails_at_open():
 
     with pytest.raises(psycopg.OperationalError):
         PostgresWakeups("postgresql://nobody@/nodb?host=/nonexistent-socket-dir")
+
+
+# -- several topics, one subscription --------------------------------------------------------------------------
+
+
+def test_one_subscription_to_several_topics():
+    """A stream that shows logs follows a job's status and its log lines with one subscription."""
+    w = NullWakeups()
+    sub = w.subscribe("job:a", "logs:a", "job:a")  # a repeated topic counts once
+    assert sub.topics == ("job:a", "logs:a")
+    w.publish("logs:a")
+    assert sub.wait(0) is True
+    w.publish("job:a")
+    assert sub.wait(0) is True
+    w.publish("logs:b")
+    assert sub.wait(0) is False
+    sub.close()
+    assert w._hub._topics == {}  # gone from every topic it was listed under
+    w.publish("job:a")
+    assert sub.wait(0) is False
+    with pytest.raises(ValueError):
+        w.subscribe("job:a", "bad\nname")
+    assert w._hub._topics == {}  # a refused subscription leaves nothing behind
+    w.close()
+
+
+def test_wake_all_reaches_a_multi_topic_subscription_once_and_close_all_closes_it():
+    w = NullWakeups()
+    sub = w.subscribe("job:a", "logs:a")
+    woken: list[int] = []
+    original = sub._notify
+    sub._notify = lambda: (woken.append(1), original())  # type: ignore[method-assign]
+    w.publish(WAKE_ALL)
+    assert woken == [1] and sub.wait(0) is True
+    w.close()
+    assert sub.closed and w._hub._topics == {}

@@ -21,10 +21,15 @@ def open_job_store(
     *,
     clock: Callable[[], float] = time.time,
     publish: Callable[[str], None] | None = None,
+    notify_channel: str | None = None,
 ) -> JobStore:
     """Open (creating or upgrading the schema as needed) the job store at ``url``.
+
+    Change topics (see :class:`~photomaker_server.jobs.sql.SQLJobStore`) go to ``publish`` after each commit, or,
+    PostgreSQL only, with ``NOTIFY`` on ``notify_channel`` inside the transaction (what
+    :class:`~photomaker_server.jobs.wakeups.PostgresWakeups` listens to): give one or the other.
 
     ValueError for an unsupported URL; :class:`~photomaker_server.jobs.records.SchemaTooNew` when a newer release
     migrated the database; :class:`~photomaker_server.jobs.records.StoreUnavailable` when it cannot be reached.
     """
-    return SQLJobStore(url, clock=clock, publish=publish)
+    return SQLJobStore(url, clock=clock, publish=publish, notify_channel=notify_channel)

@@ -8,7 +8,7 @@ Times are float epoch seconds from the store's clock. Every method raises
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .records import CancelOutcome, Delivery, Job, LeaseState, LogLine, WorkerInfo
@@ -38,6 +38,8 @@ class JobStore(Protocol):
 
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> LogLine: ...
 
+    def append_logs(self, job_id: str, lines: list[tuple[str, str]]) -> list[LogLine]: ...
+
     def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]: ...
 
     # -- the worker side --
@@ -54,6 +56,7 @@ class JobStore(Protocol):
         result: dict[str, Any],
         inference_time: float | None = None,
         last_log: str | None = None,
+        logs: Sequence[tuple[str, str]] = (),
     ) -> bool: ...
 
     def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool: ...

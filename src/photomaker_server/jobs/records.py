@@ -29,11 +29,41 @@ __all__ = [
     "LogLine",
     "SchemaTooNew",
     "StoreUnavailable",
+    "WORK_TOPIC",
     "WorkerInfo",
     "iso_utc",
+    "job_topic",
+    "log_topic",
+    "topics_to_announce",
     "normalise_level",
     "parse_priority",
 ]
+
+
+# --- wake-up topics: what the store announces after a commit (see jobs.wakeups) ---
+
+#: A job became claimable.
+WORK_TOPIC = "work"
+
+
+def job_topic(job_id: str) -> str:
+    """The topic published after any change of a job's status or cancel flag."""
+    return f"job:{job_id}"
+
+
+def log_topic(job_id: str) -> str:
+    """The topic published after log lines were added to a job. Separate from :func:`job_topic`, so a status
+    stream that does not show logs is not woken (and does not read the database) for every line a job writes.
+    Whoever follows a job's logs subscribes to its :func:`job_topic` too (and reads both on any wake-up)."""
+    return f"logs:{job_id}"
+
+
+def topics_to_announce(topics: list[str]) -> list[str]:
+    """``topics`` once each, in order, without a job's log topic where its status topic is there: that one wakes
+    the log followers as well."""
+    unique = list(dict.fromkeys(topics))
+    present = set(unique)
+    return [t for t in unique if not (t.startswith("logs:") and "job:" + t[len("logs:"):] in present)]
 
 
 class JobStatus(enum.StrEnum):
@@ -128,6 +158,9 @@ class Job:
     error_type: str | None
     inference_time: float | None
     webhook_url: str | None
+    #: Set by ``submit`` only: how many queued jobs were ahead of it when it was queued (what fal's submit answer
+    #: reports). None on records read later; ``JobStore.queue_position`` tells the position now.
+    queue_position: int | None = None
 
     @property
     def priority_name(self) -> str:

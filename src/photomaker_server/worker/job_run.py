@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 
@@ -19,7 +18,11 @@ class JobRun:
     """One claimed job: logging into the store, lease renewal, and the cancel/lost flags the engine polls.
 
     Log lines go to the store from a writer thread, in order: a step's log line must never make the denoising
-    loop wait for the database's write lock (an API busy with submits can hold it for a while).
+    loop wait for the database's write lock (an API busy with submits can hold it for a while). Lines logged while
+    a write is in flight go together in the next one (one commit, one wake-up per burst); the lines still waiting
+    when the job ends can be taken (:meth:`take_pending`) and written with the completing transaction. Once the
+    job is about to end (:meth:`hold_lines`) new lines wait for that transaction instead of making it wait for a
+    commit of their own.
     """
 
     def __init__(self, store: JobStore, job: Job, worker_id: str, lease_s: float) -> None:
@@ -28,7 +31,11 @@ class JobRun:
         self.lease_lost = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job.id[:8]}", daemon=True)
-        self._lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._state = threading.Condition()
+        self._pending: list[tuple[str, str]] = []  # guarded by _state, like the two flags below
+        self._writing = False
+        self._held = False
+        self._closed = False
         self._writer = threading.Thread(target=self._write_logs, name=f"logs-{job.id[:8]}", daemon=True)
 
     def __enter__(self) -> JobRun:
@@ -37,26 +44,52 @@ class JobRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lines.put(None)
+        with self._state:
+            self._closed = True
+            self._state.notify_all()
         self._writer.join(timeout=30)
         self._done.set()
         self._thread.join(timeout=5)
 
     def _write_logs(self) -> None:
         while True:
-            item = self._lines.get()
+            with self._state:
+                while (not self._pending or self._held) and not self._closed:
+                    self._state.wait()
+                if not self._pending:
+                    return  # closed, and every line written
+                batch, self._pending, self._writing = self._pending, [], True
             try:
-                if item is None:
-                    return
-                self.store.append_log(self.job.id, *item)
+                self.store.append_logs(self.job.id, batch)
             except Exception:  # a log line is not worth a failed job
-                log.exception("could not store a log line of %s", self.job.id)
+                log.exception("could not store %d log line(s) of %s", len(batch), self.job.id)
             finally:
-                self._lines.task_done()
+                with self._state:
+                    self._writing = False
+                    self._state.notify_all()
+
+    def hold_lines(self) -> None:
+        """Keep the lines logged from now on for :meth:`take_pending` (or :meth:`flush`) rather than writing them
+        as they come: the job is about to end, and a write in flight would hold up its completion."""
+        with self._state:
+            self._held = True
 
     def flush(self) -> None:
         """Wait until every line logged so far is in the store (before the job's status changes)."""
-        self._lines.join()
+        with self._state:
+            self._held = False
+            self._state.notify_all()
+            while self._writing or self._pending:
+                self._state.wait()
+
+    def take_pending(self) -> list[tuple[str, str]]:
+        """Wait for the write in flight, then hand over the lines not yet written (``(message, level)``, in order):
+        the caller stores them in the transaction that completes the job, saving a commit on its critical path."""
+        with self._state:
+            while self._writing:
+                self._state.wait()
+            lines, self._pending = self._pending, []
+            return lines
 
     def _renew(self) -> None:
         """Renew the lease every third of its length; in between, look for a cancel request every
@@ -83,4 +116,6 @@ class JobRun:
         return self.cancelled.is_set() or self.lease_lost.is_set()
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self._lines.put((message, level))
+        with self._state:
+            self._pending.append((message, level))
+            self._state.notify_all()

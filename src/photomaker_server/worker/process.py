@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: at the queue after this long; and it checks for a stop request this often while it waits.
 IDLE_RECHECK_S = 2.0
 STOP_CHECK_S = 0.2
+#: A registry change (the job in hand) is written this long after it happened, together with any that follow.
+REGISTRY_DEBOUNCE_S = 0.05
 
 
 class Worker:
@@ -111,7 +113,10 @@ class Worker:
 
     def _heartbeat(self) -> None:
         while not self._exited.is_set():
-            self._beat_now.wait(HEARTBEAT_S)
+            if self._beat_now.wait(HEARTBEAT_S):
+                # Changes come in bursts (a job's start, then its end a moment later for a short job): gather
+                # them, and keep this write off the moments a job starts and ends, when every core counts.
+                self._exited.wait(REGISTRY_DEBOUNCE_S)
             self._beat_now.clear()  # before the write: a change made during it is written by the next round
             if not self._exited.is_set():
                 self._beat()
@@ -188,9 +193,11 @@ class Worker:
             if run.lease_lost.is_set():
                 return
             # Every line is stored by the time the status flips: clients (and the SSE stream) stop reading logs at
-            # COMPLETED, so a line written after it would be missed. The last one goes in the same transaction.
-            run.flush()
-            self.store.complete(job.id, self.worker_id, result, inference_time, last_log="Completed")
+            # COMPLETED, so a line written after it would be missed. Those not yet written, and the last one, go in
+            # the completing transaction.
+            pending = run.take_pending()
+            self.store.complete(job.id, self.worker_id, result, inference_time,
+                                last_log="Completed", logs=pending)
 
     def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
         from ..engine.errors import InvalidRequest
@@ -225,10 +232,10 @@ class Worker:
             raise _JobError(str(exc), "input_error") from None
         inference_time = time.perf_counter() - started
         self.counters.observe_inference(inference_time)
+        run.hold_lines()  # what is logged from here on is stored with the job's result
         self.counters.id_cache_hits, self.counters.id_cache_misses = self.engine.id_cache.hits, self.engine.id_cache.misses
         self.info = replace(self.info, loaded_bases=self.engine.loaded_bases())
 
-        run.log(f"Saving {len(result.images)} image{'s' if len(result.images) != 1 else ''}")
         images = [self._deliver(job, i, image, request, result.demo_model) for i, image in enumerate(result.images)]
         output = StoredOutput(
             images=images,

@@ -19,7 +19,8 @@ from ...contract.request import PhotoMakerInput, parse_request
 from ...contract.result import PhotoMakerOutput
 from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.results import UrlRenderer, render_result
-from ...jobs.records import CancelOutcome, Job, JobStatus, StoreUnavailable, parse_priority
+from ...jobs.wakeups import Subscription
+from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavailable, job_topic, log_topic, parse_priority
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx
@@ -137,7 +138,8 @@ def submit(
     job = _enqueue(ctx, request, payload, owner, fal_webhook)
     if isinstance(job, JSONResponse):
         return job
-    body = QueueSubmitted(request_id=job.id, queue_position=ctx.store.queue_position(job), **_urls(ctx, job.id))
+    position = job.queue_position if job.queue_position is not None else ctx.store.queue_position(job)
+    body = QueueSubmitted(request_id=job.id, queue_position=position, **_urls(ctx, job.id))
     return JSONResponse(body.model_dump(), headers=_request_headers(job.id))
 
 
@@ -207,22 +209,39 @@ async def status_stream(
     """One ``data:`` event per change, carrying only the *new* log lines; closed after the COMPLETED event."""
     _check_app(owner_ns, alias)
     ctx = get_ctx(request)
-    job = await to_thread.run_sync(_own_job, ctx, request_id, owner)
     with_logs = _flag(logs)
+
+    def look(current: Job | None, last_log: int) -> tuple[Job, list[LogLine], dict[str, Any]]:
+        """The job now (the first time: the caller's own, else 404), its log lines after ``last_log`` (when
+        following logs) and its status body: one trip to a worker thread per wake-up."""
+        current = _own_job(ctx, request_id, owner) if current is None else _current(ctx, current)
+        new_logs = ctx.store.logs(current.id, last_log) if with_logs else []
+        return current, new_logs, status_body(ctx, current, [])
+
+    # Subscribe first, then read: a change between the two is then a pending wake-up, never a missed one. Only a
+    # stream that shows logs wakes up for each log line.
+    topics = (job_topic(request_id), log_topic(request_id)) if with_logs else (job_topic(request_id),)
+    try:
+        changes = ctx.wakeups.subscribe(*topics)
+    except ValueError:  # not a topic (a newline in the id): no such request either
+        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": "not_found"}) from None
+    try:
+        first = await to_thread.run_sync(look, None, 0)
+    except BaseException:
+        changes.close()
+        raise
+    job = first[0]
 
     async def events():  # noqa: ANN202
         last_log = 0
         last_state = None
         last_sent = time.monotonic()
-        # Subscribe first, then read: a change between the two is then a pending wake-up, never a missed one.
-        with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
-            current, stale = job, False
+        with changes:
+            current, pending = job, first
             while True:
                 try:
-                    if stale:
-                        current = await to_thread.run_sync(_current, ctx, current)
-                    new_logs = await to_thread.run_sync(ctx.store.logs, current.id, last_log) if with_logs else []
-                    body = await to_thread.run_sync(status_body, ctx, current, [])
+                    current, new_logs, body = pending or await to_thread.run_sync(look, current, last_log)
+                    pending = None
                 except StoreUnavailable:
                     # The database is restarting: the headers are sent, so no 503 can be said any more. The
                     # stream stays open (keep-alives) and reads again shortly; the job is safe in the database.
@@ -232,9 +251,7 @@ async def status_stream(
                     if await request.is_disconnected():
                         return
                     await changes.wait_async(FALLBACK_WAIT_S)
-                    stale = True
                     continue
-                stale = True
                 if new_logs:
                     last_log = new_logs[-1].id
                 body["logs"] = [line.to_fal() for line in new_logs] if with_logs else None
@@ -249,11 +266,27 @@ async def status_stream(
                     return
                 await changes.wait_async(FALLBACK_WAIT_S)
 
-    return StreamingResponse(
+    return _SubscribedStream(
+        changes,
         events(),
         media_type="text/event-stream",
         headers={**_request_headers(job.id), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _SubscribedStream(StreamingResponse):
+    """A stream that owns a wake-up subscription: closed when the response ends, however it ends (the
+    generator's own ``with`` never runs when the client leaves before the first chunk)."""
+
+    def __init__(self, subscription: Subscription, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subscription = subscription
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.subscription.close()
 
 
 def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONResponse:
@@ -303,7 +336,7 @@ async def run(
     job = await to_thread.run_sync(_enqueue, ctx, request, payload, owner, None)
     if isinstance(job, JSONResponse):
         return job
-    with ctx.wakeups.subscribe(f"job:{job.id}") as changes:
+    with ctx.wakeups.subscribe(job_topic(job.id)) as changes:
         job = await _refresh(ctx, job)  # it may have finished before the subscription
         while job.status != JobStatus.COMPLETED:
             if await request.is_disconnected():

@@ -3,7 +3,9 @@
 Every public store method runs in :meth:`SQLStoreBase._write` (a transaction that may write: SQLite takes the
 database lock up front, PostgreSQL locks rows as it goes) or :meth:`SQLStoreBase._read` (a snapshot). Both turn
 an unreachable database into :class:`StoreUnavailable`. Change notifications collected during a write transaction
-(:meth:`_notify`) are published only after it commits, so a listener that wakes up and reads sees the change.
+(:meth:`_notify`) reach listeners only once it commits, so a listener that wakes up and reads sees the change: on
+PostgreSQL with ``notify_channel`` they are sent with ``pg_notify`` as the transaction's last statement (delivered
+at commit, dropped with a rollback, no extra round trip); otherwise ``publish`` is called after the commit.
 """
 
 from __future__ import annotations
@@ -19,25 +21,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..records import JobStatus, LogLine, MAX_LOG_MESSAGE_CHARS, Job, normalise_level
+from ..records import MAX_LOG_MESSAGE_CHARS, LogLine, job_topic, log_topic, normalise_level, topics_to_announce
 from .connect import backend_for, database_url, unavailable
-from .rows import dumps, to_job
-from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
+from .rows import dumps
+from .schema import webhook_deliveries
 from .schema_version import upgrade_engine
+from .statements import FINISH_HELD, INSERT_LOG, finish_where, insert_job
 
 log = logging.getLogger(__name__)
 
 #: Topics to publish once the current write transaction commits (per thread: a ContextVar).
 _TOPICS: ContextVar[list[str] | None] = ContextVar("photomaker_store_topics", default=None)
-
-#: The topic published when a job became claimable.
-WORK_TOPIC = "work"
-
-
-def job_topic(job_id: str) -> str:
-    """The topic published after any change of a job's status, logs or cancel flag."""
-    return f"job:{job_id}"
-
 
 class SQLStoreBase:
     def __init__(
@@ -46,9 +40,17 @@ class SQLStoreBase:
         *,
         clock: Callable[[], float] = time.time,
         publish: Callable[[str], None] | None = None,
+        notify_channel: str | None = None,
     ) -> None:
         self.url = database_url(url_or_path)
         self._backend = backend_for(self.url)
+        if notify_channel is not None and self._backend.name != "postgresql":
+            raise ValueError("notify_channel needs PostgreSQL (it sends NOTIFY inside the store's transactions)")
+        self._notify_channel = notify_channel
+        #: When ``claim`` last did housekeeping (store clock); -inf: at the next claim.
+        self._housekept_at = float("-inf")
+        #: The one statement on the job path that depends on the backend (how it numbers submissions).
+        self._insert_job = insert_job(self._backend.next_seq_expression())
         self._engine = self._backend.create_engine(self.url)
         self._clock = clock
         self._publish = publish
@@ -97,19 +99,24 @@ class SQLStoreBase:
                 self._backend.prepare_write(conn)
                 with conn.begin():
                     yield conn
+                    if topics and self._notify_channel is not None:
+                        self._backend.notify(conn, self._notify_channel, topics_to_announce(topics))
         finally:
             _TOPICS.reset(token)
-        self._announce(list(dict.fromkeys(topics)))  # only reached after a commit
+        self._announce(topics_to_announce(topics))  # only reached after a commit
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A read-only snapshot (rolled back on exit)."""
+        """A read (every read is one statement). SQLite: a deferred transaction, a WAL snapshot. PostgreSQL: in
+        autocommit mode; at READ COMMITTED a statement sees its own snapshot anyway, so BEGIN and ROLLBACK would
+        only add two round trips."""
         with self._connect() as conn:
+            self._backend.prepare_read(conn)
             yield conn
 
     @staticmethod
     def _notify(topic: str) -> None:
-        """Publish ``topic`` once the current write transaction has committed."""
+        """Announce ``topic`` once the current write transaction has committed."""
         pending = _TOPICS.get()
         assert pending is not None, "_notify outside a write transaction"
         pending.append(topic)
@@ -138,19 +145,17 @@ class SQLStoreBase:
 
     # -- shared steps of several operations --
 
-    @staticmethod
-    def _fetch_job(conn: Connection, job_id: str, with_input: bool = True) -> Job | None:
-        query = sa.select(jobs) if with_input else sa.select(*WITHOUT_INPUT)
-        row = conn.execute(query.where(jobs.c.id == job_id)).first()
-        return None if row is None else to_job(row)
-
-    def _insert_log(self, conn: Connection, job_id: str, message: str, level: str, ts: float) -> LogLine:
+    def _insert_log(
+        self, conn: Connection, job_id: str, message: str, level: str, ts: float, *, announce: bool = True
+    ) -> LogLine:
+        """Add a log line; ``announce=False`` for a job nobody can follow yet (its id not handed out)."""
         message = str(message)
         if len(message) > MAX_LOG_MESSAGE_CHARS:
             message = message[: MAX_LOG_MESSAGE_CHARS - 1] + "…"
         level = normalise_level(level)
-        res = conn.execute(job_logs.insert().values(job_id=job_id, ts=ts, level=level, message=message))
-        self._notify(job_topic(job_id))
+        res = conn.execute(INSERT_LOG, {"job_id": job_id, "ts": ts, "level": level, "message": message})
+        if announce:
+            self._notify(log_topic(job_id))
         return LogLine(id=int(res.inserted_primary_key[0]), ts=ts, level=level, message=message)
 
     def _finish(
@@ -159,31 +164,26 @@ class SQLStoreBase:
         job_id: str,
         now: float,
         *,
-        guard: sa.ColumnElement[bool],
+        guard: sa.ColumnElement[bool] | None = None,
+        held_by: str | None = None,
         result: dict[str, Any] | None = None,
         error: str | None = None,
         error_type: str | None = None,
         inference_time: float | None = None,
     ) -> bool:
-        """Move a job to ``completed`` if ``guard`` still holds, and queue its webhook. False: lost the race."""
-        res = conn.execute(
-            sa.update(jobs)
-            .where(jobs.c.id == job_id, guard)
-            .values(
-                status=JobStatus.COMPLETED.value,
-                finished_at=now,
-                result=None if result is None else dumps(result),
-                error=error,
-                error_type=error_type,
-                inference_time=inference_time,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        if res.rowcount != 1:
+        """Move a job to ``completed`` if ``guard`` still holds (or, the usual case, the worker ``held_by``
+        still holds its lease), and queue its webhook. False: lost the race."""
+        params = {"p_job_id": job_id, "p_now": now, "p_result": None if result is None else dumps(result),
+                  "p_error": error, "p_error_type": error_type, "p_inference_time": inference_time}
+        if guard is None:
+            statement, params["p_worker"] = FINISH_HELD, held_by
+        else:
+            statement = finish_where(guard)
+        row = conn.execute(statement, params).first()
+        if row is None:
             return False
         self._notify(job_topic(job_id))
-        owner, url = conn.execute(sa.select(jobs.c.owner, jobs.c.webhook_url).where(jobs.c.id == job_id)).one()
+        owner, url = row
         if url:
             # Only the address: the dispatcher renders the body when it posts (see jobs.webhooks).
             conn.execute(

@@ -62,19 +62,27 @@ class SQLiteBackend:
     # -- what the store asks of a backend --
 
     @staticmethod
+    def prepare_read(conn: Connection) -> None:
+        """Nothing: a read is a deferred ``BEGIN`` (a WAL snapshot, no lock)."""
+
+    @staticmethod
     def prepare_write(conn: Connection) -> None:
         """Before ``begin()``: make the transaction take the write lock at once."""
         conn.execution_options(**{WRITE_OPTION: True})
 
     @staticmethod
-    def next_seq(conn: Connection) -> int:
-        # Safe without a sequence: every writer holds the database lock (BEGIN IMMEDIATE).
-        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.seq), 0) + 1)).scalar_one())
+    def next_seq_expression() -> sa.ColumnElement[int]:
+        """The next submission number, as SQL evaluated inside the INSERT (safe: the writer holds the lock)."""
+        return sa.select(sa.func.coalesce(sa.func.max(jobs.c.seq), 0) + 1).scalar_subquery()
 
     @staticmethod
     def insert(table: sa.Table) -> Any:
         """An INSERT that supports ``on_conflict_do_update`` / ``on_conflict_do_nothing``."""
         return sqlite_insert(table)
+
+    @staticmethod
+    def notify(conn: Connection, channel: str, topics: list[str]) -> None:
+        raise NotImplementedError("SQLite has no NOTIFY: its store publishes after the commit")
 
     @staticmethod
     def lock_migrations(conn: Connection) -> None:

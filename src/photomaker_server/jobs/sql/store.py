@@ -14,6 +14,8 @@ visited in id order, so two PostgreSQL transactions never wait on each other in 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,15 +33,30 @@ from ..records import (
     JobStatus,
     LeaseState,
     LogLine,
+    WORK_TOPIC,
+    job_topic,
     parse_priority,
 )
-from .base import WORK_TOPIC, job_topic
 from .cluster import ClusterMixin
 from .outbox import OutboxMixin
 from .rows import chunks, dumps, to_job, to_log_line
-from .schema import QUEUE_ORDER, WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
+from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
+from .statements import (
+    CLAIM_NEXT,
+    GET_JOB,
+    HAS_WORK,
+    HOUSEKEEPING_DUE,
+    LOCK_JOB,
+    LOGS_AFTER,
+    POSITION_OF_ID,
+    POSITION_OF_SEQ,
+)
 
-__all__ = ["SQLJobStore"]
+__all__ = ["CLAIM_HOUSEKEEPING_S", "SQLJobStore"]
+
+#: How often (store clock, per process) :meth:`SQLJobStore.claim` does housekeeping first: not on every claim, which
+#: is on every job's critical path.
+CLAIM_HOUSEKEEPING_S = 1.0
 
 _QUEUED = JobStatus.QUEUED.value
 _RUNNING = JobStatus.RUNNING.value
@@ -52,8 +69,9 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
 
     ``url_or_path``: a filesystem path (``data_dir/jobs.db``), ``":memory:"`` (single-process tests), a
     ``sqlite://`` URL, or a ``postgresql://`` URL. Opening upgrades the schema (see ``schema_version``).
-    ``publish(topic)`` is called after commits: ``"work"`` when a job became claimable, ``"job:<id>"`` when a
-    job's status, logs or cancel flag changed.
+    Topics announced after commits (``publish(topic)``, or NOTIFY on ``notify_channel`` with PostgreSQL):
+    ``"work"`` when a job became claimable, ``"job:<id>"`` when a job's status or cancel flag changed,
+    ``"logs:<id>"`` when it got log lines.
     """
 
     # -- submit & read --
@@ -69,46 +87,37 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         webhook_url: str | None = None,
         max_attempts: int = 3,
     ) -> Job:
-        """Queue a request. ``start_deadline`` is absolute epoch seconds (now + X-Fal-Request-Timeout)."""
+        """Queue a request. ``start_deadline`` is absolute epoch seconds (now + X-Fal-Request-Timeout).
+
+        The returned job carries its ``queue_position``, counted in the same transaction (what the submit answer
+        reports, without a second trip to the database).
+        """
         prio = parse_priority(priority)
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         now = self._clock()
         job_id = str(uuid.uuid4())
+        values = {"id": job_id, "owner": owner, "app": app, "input": dumps(input), "status": _QUEUED,
+                  "priority": prio, "created_at": now, "start_deadline": start_deadline, "attempts": 0,
+                  "max_attempts": max_attempts, "cancel_requested": False, "webhook_url": webhook_url or None}
         with self._write() as conn:
-            conn.execute(
-                jobs.insert().values(
-                    id=job_id,
-                    seq=self._backend.next_seq(conn),
-                    owner=owner,
-                    app=app,
-                    input=dumps(input),
-                    status=_QUEUED,
-                    priority=prio,
-                    created_at=now,
-                    start_deadline=start_deadline,
-                    attempts=0,
-                    max_attempts=max_attempts,
-                    cancel_requested=False,
-                    webhook_url=webhook_url or None,
-                )
-            )
-            self._insert_log(conn, job_id, "Request queued", "INFO", now)
+            row = conn.execute(self._insert_job, values).one()  # the stored row (its seq): no second read
+            job = to_job(row)
+            position = conn.execute(
+                POSITION_OF_SEQ, {"p_priority": prio, "p_created_at": now, "p_seq": row.seq, "p_now": now}
+            ).scalar_one()
+            # Only idle workers are told: nobody can follow this job before its id is returned.
+            self._insert_log(conn, job_id, "Request queued", "INFO", now, announce=False)
             self._notify(WORK_TOPIC)
-            job = self._fetch_job(conn, job_id)
-        assert job is not None
-        return job
+        return replace(job, queue_position=int(position))
 
     def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None:
         """The job, or None when it does not exist or (``owner`` given) belongs to someone else.
 
         ``with_input=False`` skips the (possibly large) input; status endpoints should use it.
         """
-        query = (sa.select(jobs) if with_input else sa.select(*WITHOUT_INPUT)).where(jobs.c.id == job_id)
-        if owner is not None:
-            query = query.where(jobs.c.owner == owner)
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(GET_JOB[with_input, owner is not None], {"p_job_id": job_id, "p_owner": owner}).first()
         return None if row is None else to_job(row)
 
     def queue_position(self, job: Job) -> int:
@@ -118,22 +127,9 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         """
         if job.status != JobStatus.QUEUED:
             return 0
-        now = self._clock()
-        c = jobs.c
+        params = {"p_job_id": job.id, "p_priority": job.priority, "p_created_at": job.created_at, "p_now": self._clock()}
         with self._read() as conn:
-            seq = conn.execute(sa.select(c.seq).where(c.id == job.id)).scalar()
-            if seq is None:
-                return 0
-            ahead = sa.or_(
-                c.priority > job.priority,
-                sa.and_(
-                    c.priority == job.priority,
-                    sa.or_(c.created_at < job.created_at, sa.and_(c.created_at == job.created_at, c.seq < seq)),
-                ),
-            )
-            alive = sa.or_(c.start_deadline.is_(None), c.start_deadline >= now, c.started_at.is_not(None))
-            query = sa.select(sa.func.count()).select_from(jobs).where(c.status == _QUEUED, ahead, alive)
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(POSITION_OF_ID, params).scalar_one())
 
     # -- the worker side --
 
@@ -141,55 +137,30 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         """Whether :meth:`claim` could find anything: a queued job, or a running one whose lease has expired.
 
         A read, so an idle worker can look often without taking a write lock each time."""
-        now = self._clock()
         with self._read() as conn:
-            found = conn.execute(
-                sa.select(jobs.c.id)
-                .where(
-                    sa.or_(
-                        jobs.c.status == _QUEUED,
-                        sa.and_(jobs.c.status == _RUNNING, jobs.c.lease_expires_at < now),
-                    )
-                )
-                .limit(1)
-            ).first()
-        return found is not None
+            return conn.execute(HAS_WORK, {"p_now": self._clock()}).first() is not None
 
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
         """Atomically take the next runnable job (highest priority, oldest first) and lease it to ``worker_id``.
 
-        Housekeeping runs in the same transaction first, so a lone worker needs no separate janitor: queued
-        jobs past their start deadline fail with ``request_timeout``, and jobs of a worker that died (lease
-        expired) are requeued or given up.
+        Housekeeping runs in the same transaction first, at most every ``CLAIM_HOUSEKEEPING_S`` per store, so a
+        lone worker needs no separate janitor: queued jobs past their start deadline fail with
+        ``request_timeout``, and jobs of a worker that died (lease expired) are requeued or given up. (In between,
+        a job past its start deadline is never claimed; it waits for the next round to be failed.)
         """
         now = self._clock()
         with self._write() as conn:
-            self._expire_deadlines(conn, now)
-            self._requeue_expired(conn, now)
-            while True:
-                candidate = conn.execute(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.status == _QUEUED)
-                    .order_by(*QUEUE_ORDER)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite relies on BEGIN IMMEDIATE
-                ).scalar()
-                if candidate is None:
-                    return None
-                res = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id == candidate, jobs.c.status == _QUEUED)
-                    .values(
-                        status=_RUNNING,
-                        attempts=jobs.c.attempts + 1,
-                        started_at=now,
-                        lease_owner=worker_id,
-                        lease_expires_at=now + lease_seconds,
-                    )
-                )
-                if res.rowcount == 1:
-                    self._notify(job_topic(candidate))
-                    return self._fetch_job(conn, candidate)
+            if abs(now - self._housekept_at) >= CLAIM_HOUSEKEEPING_S:
+                if conn.execute(HOUSEKEEPING_DUE, {"p_now": now}).first() is not None:
+                    self._expire_deadlines(conn, now)
+                    self._requeue_expired(conn, now)
+                self._housekept_at = now
+            params = {"p_now": now, "p_worker": worker_id, "p_expires": now + lease_seconds}
+            row = conn.execute(CLAIM_NEXT, params).first()
+            if row is None:
+                return None
+            self._notify(job_topic(row.id))
+            return to_job(row)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState:
         """Extend the lease while the worker still holds it; also tells it whether to stop (cancel)."""
@@ -210,26 +181,28 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
         result: dict[str, Any],
         inference_time: float | None = None,
         last_log: str | None = None,
+        logs: Sequence[tuple[str, str]] = (),
     ) -> bool:
         """Record success. False (and nothing changes) when ``worker_id`` no longer holds the lease.
 
-        ``last_log``: an INFO line added in the same transaction, so it is stored exactly when the status flips
-        (clients stop reading logs at COMPLETED) without a commit of its own on the job's critical path.
+        ``logs`` (``(message, level)`` lines the worker has not stored yet), then ``last_log`` (an INFO line): added
+        in the same transaction, so they are stored exactly when the status flips (clients stop reading logs at
+        COMPLETED) without a commit of their own on the job's critical path.
         """
         now = self._clock()
         with self._write() as conn:
-            done = self._finish(
-                conn, job_id, now, guard=self._held_by(worker_id), result=result, inference_time=inference_time
-            )
-            if done and last_log is not None:
-                self._insert_log(conn, job_id, last_log, "INFO", now)
+            done = self._finish(conn, job_id, now, held_by=worker_id, result=result, inference_time=inference_time)
+            if done:
+                lines = [*logs, *([(last_log, "INFO")] if last_log is not None else [])]
+                for message, level in lines:
+                    self._insert_log(conn, job_id, message, level, now)
             return done
 
     def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool:
         """Record failure (or a cancellation the worker acted on: ``CANCELLED_ERROR``/``client_cancelled``)."""
         now = self._clock()
         with self._write() as conn:
-            return self._finish(conn, job_id, now, guard=self._held_by(worker_id), error=error, error_type=error_type)
+            return self._finish(conn, job_id, now, held_by=worker_id, error=error, error_type=error_type)
 
     def release(self, job_id: str, worker_id: str) -> bool:
         """Hand a running job back to the queue at once (its worker is shutting down); the attempt does not count.
@@ -259,6 +232,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                 return False
             self._insert_log(conn, job_id, RELEASED_MESSAGE, "WARN", now)
             self._notify(WORK_TOPIC)
+            self._notify(job_topic(job_id))
             return True
 
     @staticmethod
@@ -329,6 +303,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                     message = f"Worker lost; retrying (attempt {attempts + 1} of {max_attempts})"
                     self._insert_log(conn, job_id, message, "WARN", now)
                     self._notify(WORK_TOPIC)
+                    self._notify(job_topic(job_id))
                     touched.append(job_id)
         return touched
 
@@ -356,25 +331,30 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
 
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> LogLine:
         """Add a log line (levels: INFO WARN ERROR DEBUG STDOUT STDERR). KeyError for an unknown job."""
+        return self.append_logs(job_id, [(message, level)])[0]
+
+    def append_logs(self, job_id: str, lines: list[tuple[str, str]]) -> list[LogLine]:
+        """Add several ``(message, level)`` lines in one transaction, in order (one commit and one wake-up for a
+        burst, e.g. a running job's lines queued while the previous write was in flight). KeyError for an unknown
+        job; nothing is added then."""
+        if not lines:
+            return []
         now = self._clock()
         try:
             with self._write() as conn:
                 # The job row's lock (PostgreSQL; SQLite's write lock does the same) orders a job's log lines:
                 # every other writer of its logs updates that row first, so ids are taken, and committed, in
                 # order, and a reader following with ``after_id`` never skips a line.
-                exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update()).scalar()
-                if exists is None:
+                if conn.execute(LOCK_JOB, {"p_job_id": job_id}).scalar() is None:
                     raise KeyError(job_id)
-                return self._insert_log(conn, job_id, message, level, now)
+                return [self._insert_log(conn, job_id, message, level, now) for message, level in lines]
         except sa.exc.IntegrityError:  # PostgreSQL: cleanup deleted the job between the check and the insert
             raise KeyError(job_id) from None
 
     def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
         """Log lines in order; ``after_id`` returns only newer ones (what an SSE stream sends next)."""
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(job_logs).where(job_logs.c.job_id == job_id, job_logs.c.id > after_id).order_by(job_logs.c.id)
-            ).all()
+            rows = conn.execute(LOGS_AFTER, {"p_job_id": job_id, "p_after": after_id}).all()
         return [to_log_line(r) for r in rows]
 
     # -- cancellation --
@@ -405,6 +385,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin):
                 .values(cancel_requested=True)
             )
             if res.rowcount == 1:  # log it once, however often the client asks
+                self._notify(job_topic(job_id))
                 self._insert_log(conn, job_id, "Cancellation requested", "WARN", now)
             return CancelOutcome.REQUESTED
 

@@ -1,8 +1,9 @@
 """Wake-ups without polling: the job store announces changes, waiters sleep until one happens.
 
-The store calls ``publish(topic)`` right after a transaction commits: ``"work"`` when a job became claimable,
-``f"job:{job_id}"`` when a job's status, logs or cancel flag changed. An idle worker, an SSE status stream or a
-synchronous ``/run`` request subscribes to its topic *before* reading the store, then waits::
+The store announces a topic once a transaction commits (``publish(topic)`` after the commit, or on PostgreSQL a
+``NOTIFY`` sent inside the transaction): ``"work"`` when a job became claimable, ``f"job:{job_id}"`` when a job's
+status or cancel flag changed, ``f"logs:{job_id}"`` when it got log lines. An idle worker, an SSE status stream or a
+synchronous ``/run`` request subscribes to its topics *before* reading the store, then waits::
 
     with wakeups.subscribe(f"job:{job_id}") as sub:
         while not (job := store.get(job_id)).done:

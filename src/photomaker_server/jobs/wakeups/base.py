@@ -30,8 +30,9 @@ class Subscription:
     transport thread sets an :class:`asyncio.Event` through ``loop.call_soon_threadsafe``).
     """
 
-    def __init__(self, hub: Hub, topic: str) -> None:
-        self.topic = topic
+    def __init__(self, hub: Hub, topics: tuple[str, ...]) -> None:
+        #: An event on any of these wakes the subscription (a log-following stream: a job's status and its logs).
+        self.topics = topics
         self._hub = hub
         self._cond = threading.Condition()
         self._pending = False
@@ -111,27 +112,31 @@ class Hub:
         self._lock = threading.Lock()
         self._topics: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, topic: str) -> Subscription:
-        if not topic or topic == WAKE_ALL or "\n" in topic:
-            raise ValueError(f"invalid wake-up topic: {topic!r}")
-        sub = Subscription(self, topic)
+    def subscribe(self, topic: str, *more: str) -> Subscription:
+        topics = tuple(dict.fromkeys((topic, *more)))
+        for name in topics:
+            if not name or name == WAKE_ALL or "\n" in name:
+                raise ValueError(f"invalid wake-up topic: {name!r}")
+        sub = Subscription(self, topics)
         with self._lock:
-            self._topics.setdefault(topic, set()).add(sub)
+            for name in topics:
+                self._topics.setdefault(name, set()).add(sub)
         return sub
 
     def remove(self, sub: Subscription) -> None:
         with self._lock:
-            subs = self._topics.get(sub.topic)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._topics[sub.topic]
+            for name in sub.topics:
+                subs = self._topics.get(name)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._topics[name]
 
     def fan_out(self, topic: str) -> None:
         """Wake the subscribers of ``topic`` (of every topic for :data:`WAKE_ALL`)."""
         with self._lock:
-            if topic == WAKE_ALL:
-                subs = [s for group in self._topics.values() for s in group]
+            if topic == WAKE_ALL:  # a set: a subscription to several topics is woken once
+                subs = list({s for group in self._topics.values() for s in group})
             else:
                 subs = list(self._topics.get(topic, ()))
         for sub in subs:
@@ -139,7 +144,7 @@ class Hub:
 
     def close_all(self) -> None:
         with self._lock:
-            subs = [s for group in self._topics.values() for s in group]
+            subs = list({s for group in self._topics.values() for s in group})
         for sub in subs:
             sub.close()
 
@@ -147,16 +152,18 @@ class Hub:
 class Wakeups(Protocol):
     """Announce that something changed (``publish``) and sleep until it does (``subscribe`` + ``wait``).
 
-    Topics used by the job store: ``"work"`` (a job became claimable) and ``f"job:{job_id}"`` (a job's status,
-    logs or cancel flag changed). Delivery is best-effort: waiters re-check the store after a wake-up and keep a
-    fallback timeout.
+    Topics used by the job store: ``"work"`` (a job became claimable), ``f"job:{job_id}"`` (a job's status or
+    cancel flag changed) and ``f"logs:{job_id}"`` (it got log lines). Delivery is best-effort: waiters re-check
+    the store after a wake-up and keep a fallback timeout.
     """
 
     def publish(self, topic: str) -> None:
         """Announce ``topic``; never raises (failures are logged)."""
         ...
 
-    def subscribe(self, topic: str) -> Subscription: ...
+    def subscribe(self, topic: str, *more: str) -> Subscription:
+        """Events on ``topic`` (or any of ``more``) from now on wake the subscription."""
+        ...
 
     def close(self) -> None: ...
 
@@ -167,8 +174,8 @@ class HubWakeups:
     def __init__(self) -> None:
         self._hub = Hub()
 
-    def subscribe(self, topic: str) -> Subscription:
-        return self._hub.subscribe(topic)
+    def subscribe(self, topic: str, *more: str) -> Subscription:
+        return self._hub.subscribe(topic, *more)
 
     def close(self) -> None:
         self._hub.close_all()

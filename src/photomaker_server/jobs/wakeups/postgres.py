@@ -71,6 +71,8 @@ class PostgresWakeups(HubWakeups):
 
         self._psycopg = psycopg
         self.url = libpq_url(url)
+        #: The channel listened to; a job store given it as ``notify_channel`` announces inside its transactions.
+        self.channel = CHANNEL
         self._publish_lock = threading.Lock()
         self._publish_conn: Any = None
         self._wake_r, self._wake_w = socket.socketpair()

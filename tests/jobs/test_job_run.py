@@ -1,0 +1,87 @@
+"""The worker's per-job log writer (``JobRun``): lines are written in order, in batches, off the denoising loop,
+and the lines of a job's last moments go with its completing transaction instead of holding it up."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from photomaker_server.jobs.sql import SQLJobStore
+from photomaker_server.worker.job_run import JobRun
+
+APP = "fal-ai/photomaker"
+
+
+class _SlowStore:
+    """Wraps a store; ``append_logs`` records each batch and can be held until the test lets it go."""
+
+    def __init__(self, store: SQLJobStore) -> None:
+        self.store = store
+        self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.writing = threading.Event()
+
+    def append_logs(self, job_id: str, lines: list[tuple[str, str]]):  # noqa: ANN201
+        self.writing.set()
+        self.gate.wait(10)
+        self.batches.append([message for message, _ in lines])
+        return self.store.append_logs(job_id, lines)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.store, name)
+
+
+def _messages(store: SQLJobStore, job_id: str) -> list[str]:
+    return [line.message for line in store.logs(job_id)]
+
+
+@pytest.fixture
+def claimed(tmp_path):
+    """A store and a job worker ``w`` holds."""
+    store = SQLJobStore(tmp_path / "jobs.db")
+    job = store.submit("alice", APP, {})
+    store.claim("w", 30)
+    yield store, job
+    store.close()
+
+
+def test_lines_are_written_in_order_and_batched_while_a_write_is_in_flight(claimed):
+    store, job = claimed
+    slow = _SlowStore(store)
+    slow.gate.clear()
+    with JobRun(slow, job, "w", 30) as run:  # type: ignore[arg-type]
+        run.log("one")
+        assert slow.writing.wait(10)  # "one" is being written (held at the gate)
+        run.log("two")
+        run.log("three", "WARN")
+        slow.gate.set()
+        run.flush()
+        assert _messages(store, job.id) == ["Request queued", "one", "two", "three"]
+    assert slow.batches == [["one"], ["two", "three"]]  # the burst behind the write went in one transaction
+
+
+def test_held_lines_wait_for_the_completing_transaction(claimed):
+    store, job = claimed
+    with JobRun(store, job, "w", 30) as run:
+        run.log("Step 1/1")
+        run.flush()
+        run.hold_lines()
+        run.log("after inference")
+        assert "after inference" not in _messages(store, job.id)  # not written on its own
+        pending = run.take_pending()
+        assert pending == [("after inference", "INFO")]
+        assert store.complete(job.id, "w", {}, 1.0, last_log="Completed", logs=pending)
+    assert _messages(store, job.id)[-3:] == ["Step 1/1", "after inference", "Completed"]
+
+
+def test_flush_writes_held_lines_too(claimed):
+    """The failure path: the job ends with ``fail``, which takes no lines, so ``flush`` writes the held ones."""
+    store, job = claimed
+    with JobRun(store, job, "w", 30) as run:
+        run.hold_lines()
+        run.log("something broke", "ERROR")
+        run.flush()
+        assert _messages(store, job.id)[-1] == "something broke"
+        assert store.fail(job.id, "w", "something broke", "runner_server_error")
