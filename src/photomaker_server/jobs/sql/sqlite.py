@@ -9,6 +9,8 @@ that open (and migrate) a fresh database together.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from .schema import jobs
+
+#: Pause between tries of the switch to WAL while another process holds the fresh file (see ``_switch_to_wal``).
+WAL_SWITCH_RETRY_S = 0.02
 
 #: Execution option marking a connection whose transaction will write (→ ``BEGIN IMMEDIATE``).
 WRITE_OPTION = "photomaker_write"
@@ -47,12 +52,26 @@ class SQLiteBackend:
         try:
             # busy_timeout first: switching to WAL itself needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            self._switch_to_wal(cursor)
             # WAL + NORMAL: durable across process crashes; only an OS crash may lose the last commits.
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
+
+    def _switch_to_wal(self, cursor: Any) -> None:
+        """WAL is a property of the file, set by the first process to open it. When several open a fresh file at
+        once, the switch can meet "database is locked" without SQLite's busy handler being asked: try again
+        (briefly) until the busy timeout, as any other lock wait would."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(WAL_SWITCH_RETRY_S)
 
     @staticmethod
     def _on_begin(conn: Connection) -> None:
