@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools")]
 
 from helpers import image_bytes, make_face  # noqa: E402
-from live_server import API_KEY, APP, LiveServer, small_request  # noqa: E402
+from live_server import APP, LiveServer, small_request  # noqa: E402
+from service_bench import wait_sse  # noqa: E402
 from substrate import start_postgres  # noqa: E402
 
 from photomaker_server.jobs.factory import open_job_store  # noqa: E402
@@ -61,17 +62,6 @@ def upload_photo(client: httpx.Client) -> str:
     return r.json()["url"]
 
 
-def until_completed(client: httpx.Client, request_id: str, timeout: float = 120) -> dict:
-    with client.stream("GET", f"/{APP}/requests/{request_id}/status/stream", timeout=timeout) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                event = json.loads(line[5:])
-                if event.get("status") == "COMPLETED":
-                    return event
-    raise RuntimeError(f"stream of {request_id} ended before COMPLETED")
-
-
 def phase_overhead(server: LiveServer, database_url: str, n: int) -> dict:
     rng = random.Random(7)
     store = open_job_store(database_url)
@@ -88,7 +78,7 @@ def phase_overhead(server: LiveServer, database_url: str, n: int) -> dict:
             r.raise_for_status()
             answered = time.perf_counter()
             request_id = r.json()["request_id"]
-            event = until_completed(client, request_id)
+            event = wait_sse(client, request_id, timeout=120)
             total = time.perf_counter() - sent
             seen_wall = sent_wall + total
             assert event.get("error") is None, event
@@ -142,7 +132,7 @@ def phase_throughput(tmp: Path, tiny_root: Path, database_url: str, workers: int
             warm = [client.post(f"/{APP}", json={**body, "num_inference_steps": 1}) for _ in range(workers)]
             for r in warm:
                 r.raise_for_status()
-                until_completed(client, r.json()["request_id"], timeout=300)
+                wait_sse(client, r.json()["request_id"], timeout=300)
             time.sleep(1)
             started = time.perf_counter()
             ids = []
@@ -151,7 +141,7 @@ def phase_throughput(tmp: Path, tiny_root: Path, database_url: str, workers: int
                 r.raise_for_status()
                 ids.append(r.json()["request_id"])
             for request_id in ids:
-                event = until_completed(client, request_id, timeout=600)
+                event = wait_sse(client, request_id, timeout=600)
                 assert event.get("error") is None, event
             wall = time.perf_counter() - started
         return {"workers": workers, "jobs": jobs, "wall_s": round(wall, 2), "jobs_per_s": round(jobs / wall, 3),

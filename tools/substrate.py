@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import reaper
 
@@ -73,7 +74,26 @@ def postgres_binaries() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-class PostgresHandle:
+class _ServerProcess:
+    """What both handles share: the server's process (its own session), whether it runs, and ``with`` stopping it."""
+
+    process: subprocess.Popen | None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PostgresHandle(_ServerProcess):
     """One PostgreSQL cluster in ``directory`` (data in ``directory/pgdata``, server log in ``postgres.log``).
 
     Listens on a Unix socket in ``socket_dir`` always, and on TCP ``host:port`` when a host was given (with a
@@ -223,16 +243,6 @@ class PostgresHandle:
         self.process = None
         return self.start(timeout)
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> PostgresHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def start_postgres(directory: str | Path, *, host: str | None = None, port: int | None = None,
                    netns: str | None = None) -> PostgresHandle:
@@ -288,7 +298,7 @@ def _weed_ports(count: int, first: int | None) -> list[int]:
     return chosen
 
 
-class S3Handle:
+class S3Handle(_ServerProcess):
     """A running ``weed server`` with its S3 gateway on ``endpoint``; any credentials are accepted."""
 
     def __init__(self, directory: Path, ip: str, ports: list[int], netns: str | None) -> None:
@@ -389,16 +399,6 @@ class S3Handle:
         for port in (self.s3_port, self.master_port, self.volume_port, self.filer_port):
             for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port + 10000}.sock"):
                 sock.unlink(missing_ok=True)  # weed's gRPC sockets are left behind by SIGKILL
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> S3Handle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_seaweed(directory: str | Path, *, ip: str = "127.0.0.1", s3_port: int | None = None,

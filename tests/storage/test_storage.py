@@ -289,25 +289,31 @@ def test_upload_url_is_one_time(storage):
     assert info.value.reason == "used"
 
 
-def test_concurrent_uses_of_one_upload_url_let_exactly_one_through(storage):
-    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+def _race_uploads(n: int, accept) -> list[str]:  # noqa: ANN001
+    """``n`` threads call ``accept(i)`` at the same moment; each outcome: ``ok`` or the refusal's reason."""
     outcomes: list[str] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(n)
 
     def put(i: int) -> None:
         barrier.wait()
         try:
-            storage.accept_upload(upload_id, sig, b"data %d" % i)
+            accept(i)
             outcomes.append("ok")
         except UploadError as exc:
             outcomes.append(exc.reason)
 
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == ["ok"] + ["used"] * 7
+    return sorted(outcomes)
+
+
+def test_concurrent_uses_of_one_upload_url_let_exactly_one_through(storage):
+    upload_id, sig = split_upload_url(storage.create_upload("image/png", "a.png")[0])
+    outcomes = _race_uploads(8, lambda i: storage.accept_upload(upload_id, sig, b"data %d" % i))
+    assert outcomes == ["ok"] + ["used"] * 7
 
 
 def test_bad_signature_does_not_consume_the_upload(storage):
@@ -396,23 +402,8 @@ def test_one_time_across_instances_racing(make_storage):
     """Two replicas get the same upload URL at once: exactly one stores it."""
     replicas = [make_storage(), make_storage()]
     upload_id, sig = split_upload_url(replicas[0].create_upload("image/png", "a.png")[0])
-    outcomes: list[str] = []
-    barrier = threading.Barrier(6)
-
-    def put(i: int) -> None:
-        barrier.wait()
-        try:
-            replicas[i % 2].accept_upload(upload_id, sig, b"data %d" % i)
-            outcomes.append("ok")
-        except UploadError as exc:
-            outcomes.append(exc.reason)
-
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["ok"] + ["used"] * 5
+    outcomes = _race_uploads(6, lambda i: replicas[i % 2].accept_upload(upload_id, sig, b"data %d" % i))
+    assert outcomes == ["ok"] + ["used"] * 5
 
 
 # --- retention --------------------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ class JobStore(Protocol):
         start_deadline: float | None = None,
         webhook_url: str | None = None,
         max_attempts: int = 3,
-    ) -> Job: ...
+    ) -> Job:
+        """The queued job, its ``queue_position`` counted as it was queued."""
+        ...
 
     def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None: ...
 

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
@@ -70,6 +70,16 @@ def api_file_url(key: str, base_url: str | None) -> str:
     return f"{(base_url or '').rstrip('/')}/files/{key}"
 
 
+def http_url_parts(url: str) -> SplitResult | None:
+    """``url`` split into its parts when it is an http(s) URL at all, else None (what every "is this one of
+    ours?" check starts with)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") else None
+
+
 def api_file_key(url: str, base_url: str | None) -> str | None:
     """The key in a URL of the API's ``/files/`` route, else None.
 
@@ -77,11 +87,8 @@ def api_file_key(url: str, base_url: str | None) -> str | None:
     that reached us as ``localhost`` while we call ourselves ``127.0.0.1`` (or via a proxy hostname) still gets its
     file read from storage instead of fetched over the network.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https"):
+    parts = http_url_parts(url)
+    if parts is None:
         return None
     base_path = urlsplit(base_url or "").path.rstrip("/")
     prefix = f"{base_path}/files/"

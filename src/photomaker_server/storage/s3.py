@@ -58,6 +58,7 @@ from photomaker_server.storage.base import (
     api_file_key,
     api_file_url,
     clean_content_type,
+    http_url_parts,
     is_valid_key,
     is_valid_token,
     new_token,
@@ -243,11 +244,8 @@ class S3Storage:
         key = api_file_key(url, base_url if base_url is not None else self.base_url)
         if key is not None:
             return key
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return None
-        if parts.scheme not in ("http", "https"):
+        parts = http_url_parts(url)
+        if parts is None:
             return None
         path = unquote(parts.path)
         if self.public_url:

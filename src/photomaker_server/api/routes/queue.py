@@ -138,8 +138,7 @@ def submit(
     job = _enqueue(ctx, request, payload, owner, fal_webhook)
     if isinstance(job, JSONResponse):
         return job
-    position = job.queue_position if job.queue_position is not None else ctx.store.queue_position(job)
-    body = QueueSubmitted(request_id=job.id, queue_position=position, **_urls(ctx, job.id))
+    body = QueueSubmitted(request_id=job.id, queue_position=job.queue_position, **_urls(ctx, job.id))
     return JSONResponse(body.model_dump(), headers=_request_headers(job.id))
 
 

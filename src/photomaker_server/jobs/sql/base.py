@@ -99,11 +99,12 @@ class SQLStoreBase:
                 self._backend.prepare_write(conn)
                 with conn.begin():
                     yield conn
-                    if topics and self._notify_channel is not None:
-                        self._backend.notify(conn, self._notify_channel, topics_to_announce(topics))
+                    announced = topics_to_announce(topics)
+                    if announced and self._notify_channel is not None:
+                        self._backend.notify(conn, self._notify_channel, announced)
         finally:
             _TOPICS.reset(token)
-        self._announce(topics_to_announce(topics))  # only reached after a commit
+        self._announce(announced)  # only reached after a commit
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
