@@ -1,0 +1,119 @@
+"""Per-request input budgets against the real server: the worker's own peak memory under a fan-out request.
+
+The attack (issue 17): one ~5 MB zip uploaded through ``/storage/upload/multipart``, 16 entries of 15 MiB each that
+start with JPEG magic bytes and compress ~45:1, within every per-archive limit, then submitted with ``image_urls``
+holding 6 (or 64) copies of its URL that differ only in the query string. Unpacked per reference with the full
+per-archive cap it used to raise the worker's peak memory by ~1.4 GiB (6 copies) to ~15 GiB (64 copies).
+
+The worker's peak resident memory is measured from /proc: its high-water mark is reset just before the request
+(``clear_refs``), so the rise is what this request cost, whatever earlier tests did.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_face
+from service.svc import messages, small
+
+MiB = 1024 * 1024
+ENTRY_BYTES = 15 * MiB
+BUDGET = 512 * MiB
+
+
+def _filler(seed: int, size: int) -> bytes:
+    """``size`` bytes that deflate about 45:1: every 4 KiB block starts with 76 random bytes, the rest zeros."""
+    blocks = np.zeros((size // 4096, 4096), np.uint8)
+    blocks[:, :76] = np.random.default_rng(seed).integers(0, 256, (size // 4096, 76), dtype=np.uint8)
+    return blocks.tobytes()[:size]
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _small_jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    make_face(seed, size=(64, 80)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fan_out_urls(api) -> dict[str, str]:
+    """Storage URLs of the two hostile uploads: JPEG magic then filler (undecodable), and real small JPEGs padded
+    after their end-of-image marker to 15 MiB (decoders ignore the padding: 16 valid photos of 15 MiB each)."""
+    magic = _zip({f"p{i:02d}.jpg": (b"\xff\xd8\xff\xe0" + _filler(i, ENTRY_BYTES))[:ENTRY_BYTES] for i in range(16)})
+    padded = {}
+    for i in range(16):
+        photo = _small_jpeg(i)
+        padded[f"p{i:02d}.jpg"] = photo + _filler(100 + i, ENTRY_BYTES - len(photo))
+    valid = _zip(padded)
+    urls = {}
+    for name, archive in (("magic", magic), ("padded", valid)):
+        assert 4 * MiB < len(archive) < 7 * MiB and 35 < 16 * ENTRY_BYTES / len(archive) < 55, len(archive)
+        response = api.http.post("/storage/upload/multipart",
+                                 files={"file": (f"{name}.zip", archive, "application/zip")})
+        assert response.status_code == 200, response.text
+        urls[name] = response.json()["url"]
+    return urls
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _reset_peak(pid: int) -> int:
+    """Reset the process's peak RSS to its current RSS (Linux: ``5`` into clear_refs); returns that, in bytes."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def _worker_pid(live_server) -> int:  # noqa: ANN001
+    pids = [pid for pid in live_server.worker_pids()  # not multiprocessing's resource tracker
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+@pytest.mark.parametrize("copies", [6, 64])
+def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memory_budget(
+        api, live_server, fan_out_urls, copies):
+    url = fan_out_urls["magic"]
+    pid = _worker_pid(live_server)
+    before = _reset_peak(pid)
+    request_id = api.submit(small(url, image_urls=[f"{url}?copy={i}" for i in range(copies)]))
+    final = api.wait(request_id, timeout=180)
+    rise = _status_kib(pid, "VmHWM") * 1024 - before
+    print(f"fan-out x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    assert final.get("error_type") == "input_error", final
+    assert "p00.jpg" in final["error"], final["error"]  # refused at the first photo; nothing more was inflated
+    assert "Fetching the photos (1 file)" in messages(final)
+    assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
+
+
+@pytest.mark.parametrize("copies", [6, 64])
+def test_sixteen_valid_photos_of_15_mib_each_are_read_once_one_at_a_time(api, live_server, fan_out_urls, copies):
+    """The same upload shape with photos that decode: the request succeeds with the 16 photos, each read once."""
+    url = fan_out_urls["padded"]
+    pid = _worker_pid(live_server)
+    before = _reset_peak(pid)
+    request_id = api.submit(small(url, image_urls=[f"{url}?copy={i}" for i in range(copies)]))
+    final = api.wait(request_id, timeout=180)
+    rise = _status_kib(pid, "VmHWM") * 1024 - before
+    print(f"padded x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    assert final.get("error") is None, final
+    assert "Encoding 16 ID photos" in messages(final)
+    assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
+
