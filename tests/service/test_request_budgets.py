@@ -87,16 +87,22 @@ def _worker_pid(live_server) -> int:  # noqa: ANN001
     return pids[0]
 
 
-@pytest.mark.parametrize("copies", [6, 64])
-def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memory_budget(
-        api, live_server, fan_out_urls, copies):
-    url = fan_out_urls["magic"]
+def _submit_measured(api, live_server, url: str, copies: int) -> tuple[dict, int]:  # noqa: ANN001
+    """Submit ``url`` as the archive plus ``copies`` query-string variants of it in ``image_urls``; the final status
+    and how far the worker's peak RSS rose (bytes) while it ran."""
     pid = _worker_pid(live_server)
     before = _reset_peak(pid)
     request_id = api.submit(small(url, image_urls=[f"{url}?copy={i}" for i in range(copies)]))
     final = api.wait(request_id, timeout=180)
     rise = _status_kib(pid, "VmHWM") * 1024 - before
-    print(f"fan-out x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    print(f"{url.rsplit('/', 1)[-1]} x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    return final, rise
+
+
+@pytest.mark.parametrize("copies", [6, 64])
+def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memory_budget(
+        api, live_server, fan_out_urls, copies):
+    final, rise = _submit_measured(api, live_server, fan_out_urls["magic"], copies)
     assert final.get("error_type") == "input_error", final
     assert "p00.jpg" in final["error"], final["error"]  # refused at the first photo; nothing more was inflated
     assert "Fetching the photos (1 file)" in messages(final)
@@ -106,14 +112,7 @@ def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memor
 @pytest.mark.parametrize("copies", [6, 64])
 def test_sixteen_valid_photos_of_15_mib_each_are_read_once_one_at_a_time(api, live_server, fan_out_urls, copies):
     """The same upload shape with photos that decode: the request succeeds with the 16 photos, each read once."""
-    url = fan_out_urls["padded"]
-    pid = _worker_pid(live_server)
-    before = _reset_peak(pid)
-    request_id = api.submit(small(url, image_urls=[f"{url}?copy={i}" for i in range(copies)]))
-    final = api.wait(request_id, timeout=180)
-    rise = _status_kib(pid, "VmHWM") * 1024 - before
-    print(f"padded x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    final, rise = _submit_measured(api, live_server, fan_out_urls["padded"], copies)
     assert final.get("error") is None, final
     assert "Encoding 16 ID photos" in messages(final)
     assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
-
