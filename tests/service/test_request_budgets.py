@@ -12,14 +12,13 @@ The worker's peak resident memory is measured from /proc: its high-water mark is
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import make_face
-from service.svc import messages, small
+from service.svc import messages, small, zip_bytes
 
 MiB = 1024 * 1024
 ENTRY_BYTES = 15 * MiB
@@ -28,17 +27,10 @@ BUDGET = 512 * MiB
 
 def _filler(seed: int, size: int) -> bytes:
     """``size`` bytes that deflate about 45:1: every 4 KiB block starts with 76 random bytes, the rest zeros."""
-    blocks = np.zeros((size // 4096, 4096), np.uint8)
-    blocks[:, :76] = np.random.default_rng(seed).integers(0, 256, (size // 4096, 76), dtype=np.uint8)
+    count = -(-size // 4096)
+    blocks = np.zeros((count, 4096), np.uint8)
+    blocks[:, :76] = np.random.default_rng(seed).integers(0, 256, (count, 76), dtype=np.uint8)
     return blocks.tobytes()[:size]
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def _small_jpeg(seed: int) -> bytes:
@@ -51,12 +43,12 @@ def _small_jpeg(seed: int) -> bytes:
 def fan_out_urls(api) -> dict[str, str]:
     """Storage URLs of the two hostile uploads: JPEG magic then filler (undecodable), and real small JPEGs padded
     after their end-of-image marker to 15 MiB (decoders ignore the padding: 16 valid photos of 15 MiB each)."""
-    magic = _zip({f"p{i:02d}.jpg": (b"\xff\xd8\xff\xe0" + _filler(i, ENTRY_BYTES))[:ENTRY_BYTES] for i in range(16)})
+    magic = zip_bytes({f"p{i:02d}.jpg": b"\xff\xd8\xff\xe0" + _filler(i, ENTRY_BYTES - 4) for i in range(16)})
     padded = {}
     for i in range(16):
         photo = _small_jpeg(i)
         padded[f"p{i:02d}.jpg"] = photo + _filler(100 + i, ENTRY_BYTES - len(photo))
-    valid = _zip(padded)
+    valid = zip_bytes(padded)
     urls = {}
     for name, archive in (("magic", magic), ("padded", valid)):
         assert 4 * MiB < len(archive) < 7 * MiB and 35 < 16 * ENTRY_BYTES / len(archive) < 55, len(archive)

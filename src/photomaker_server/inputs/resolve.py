@@ -75,9 +75,14 @@ class InputLoader:
         named, initial = self.load_named(request, log)
         return [image for _name, image in named], initial
 
-    def load_named(self, request: PhotoMakerInput, log: Log) -> tuple[list[NamedPhoto], Image.Image | None]:
-        """(ID photos with their names, in order; initial image or None), within the request's budgets."""
-        budget = RequestBudget.from_settings(self.settings)
+    def load_named(
+        self, request: PhotoMakerInput, log: Log, budget: RequestBudget | None = None
+    ) -> tuple[list[NamedPhoto], Image.Image | None]:
+        """(ID photos with their names, in order; initial image or None), within the request's budgets.
+
+        ``budget``: a fresh one from the settings unless given (a caller that wants to see what was spent).
+        """
+        budget = budget or RequestBudget.from_settings(self.settings)
         photos = self._photos(request, budget, log)
         initial = None
         if request.initial_image_url:
