@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from helpers import make_face
-from service.svc import messages, small, zip_bytes
+from service.svc import data_uri, messages, small, zip_bytes
 
 MiB = 1024 * 1024
 ENTRY_BYTES = 15 * MiB
 BUDGET = 512 * MiB
+
+
+class Upload(NamedTuple):
+    url: str
+    data: bytes
 
 
 def _filler(seed: int, size: int) -> bytes:
@@ -40,8 +46,8 @@ def _small_jpeg(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def fan_out_urls(api) -> dict[str, str]:
-    """Storage URLs of the two hostile uploads: JPEG magic then filler (undecodable), and real small JPEGs padded
+def fan_out(api) -> dict[str, Upload]:
+    """The two hostile uploads (storage URL and bytes): JPEG magic then filler (undecodable), and real small JPEGs padded
     after their end-of-image marker to 15 MiB (decoders ignore the padding: 16 valid photos of 15 MiB each)."""
     magic = zip_bytes({f"p{i:02d}.jpg": b"\xff\xd8\xff\xe0" + _filler(i, ENTRY_BYTES - 4) for i in range(16)})
     padded = {}
@@ -49,14 +55,14 @@ def fan_out_urls(api) -> dict[str, str]:
         photo = _small_jpeg(i)
         padded[f"p{i:02d}.jpg"] = photo + _filler(100 + i, ENTRY_BYTES - len(photo))
     valid = zip_bytes(padded)
-    urls = {}
+    uploads = {}
     for name, archive in (("magic", magic), ("padded", valid)):
         assert 4 * MiB < len(archive) < 7 * MiB and 35 < 16 * ENTRY_BYTES / len(archive) < 55, len(archive)
         response = api.http.post("/storage/upload/multipart",
                                  files={"file": (f"{name}.zip", archive, "application/zip")})
         assert response.status_code == 200, response.text
-        urls[name] = response.json()["url"]
-    return urls
+        uploads[name] = Upload(response.json()["url"], archive)
+    return uploads
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -93,8 +99,8 @@ def _submit_measured(api, live_server, url: str, copies: int) -> tuple[dict, int
 
 @pytest.mark.parametrize("copies", [6, 64])
 def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memory_budget(
-        api, live_server, fan_out_urls, copies):
-    final, rise = _submit_measured(api, live_server, fan_out_urls["magic"], copies)
+        api, live_server, fan_out, copies):
+    final, rise = _submit_measured(api, live_server, fan_out["magic"].url, copies)
     assert final.get("error_type") == "input_error", final
     assert "p00.jpg" in final["error"], final["error"]  # refused at the first photo; nothing more was inflated
     assert "Fetching the photos (1 file)" in messages(final)
@@ -102,9 +108,23 @@ def test_the_fan_out_request_fails_cleanly_and_the_worker_stays_within_its_memor
 
 
 @pytest.mark.parametrize("copies", [6, 64])
-def test_sixteen_valid_photos_of_15_mib_each_are_read_once_one_at_a_time(api, live_server, fan_out_urls, copies):
+def test_sixteen_valid_photos_of_15_mib_each_are_read_once_one_at_a_time(api, live_server, fan_out, copies):
     """The same upload shape with photos that decode: the request succeeds with the 16 photos, each read once."""
-    final, rise = _submit_measured(api, live_server, fan_out_urls["padded"], copies)
+    final, rise = _submit_measured(api, live_server, fan_out["padded"].url, copies)
     assert final.get("error") is None, final
     assert "Encoding 16 ID photos" in messages(final)
     assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
+
+
+def test_data_uris_that_declare_more_than_the_request_budget_are_refused_at_submit(api, live_server, fan_out):
+    """Two distinct fan-out archives as data URIs: 2 x 240 MiB by their headers, over the 320 MiB budget. The bytes
+    are in hand at submit, so the refusal is a 422 naming the field, and nothing is stored or queued."""
+    body = small(data_uri(fan_out["magic"].data, "application/zip"),
+                 image_urls=[data_uri(fan_out["padded"].data, "application/zip")])
+    files_before = sum(1 for _ in (live_server.data_dir / "files").rglob("*"))
+    response = api.submit_response(body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["body", "image_urls", 0] and detail[0]["type"] == "input_budget_exceeded", detail
+    assert "unpack to more than 320 MB in all" in detail[0]["msg"]
+    assert sum(1 for _ in (live_server.data_dir / "files").rglob("*")) == files_before

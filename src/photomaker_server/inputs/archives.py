@@ -206,6 +206,44 @@ class PhotoStream:
         return [info.filename for info in self._entries[self._next :]]
 
 
+#: Names the worker will most likely find to be photos: what :func:`declared_unpacked_bytes` counts.
+_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
+
+
+def declared_unpacked_bytes(data: bytes, limits: ArchiveLimits) -> int | None:
+    """Bytes the worker will unpack from ``data`` by its headers alone: a single image's size, or the declared
+    sizes of the archive's photos that it would read (photo names, the first ``max_photos`` in name order).
+
+    Costs a parse of the zip's central directory, nothing is inflated: the cheap check at submit. Headers can lie,
+    so the worker still counts real bytes. None when the headers cannot tell (not an image or zip, corrupt) or show
+    the input breaking a per-archive limit: the worker then refuses it, with the exact reason.
+    """
+    if sniff_image_format(data) is not None:
+        return len(data)
+    if not is_zip(data):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return None
+    if len(entries) > limits.max_entries:
+        return None
+    photos = sorted(
+        (info for info in entries
+         if not info.is_dir() and not _is_junk(info.filename) and _refusal_by_header(info) is None
+         and info.filename.lower().endswith(_PHOTO_SUFFIXES)),
+        key=lambda info: info.filename,
+    )[: limits.max_photos]
+    total = 0
+    for info in photos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > limits.max_entry_bytes or (info.file_size > _RATIO_FLOOR and ratio > limits.max_ratio):
+            return None
+        total += info.file_size
+    return total if total <= limits.max_total_bytes else None
+
+
 def _refusal_by_header(info: zipfile.ZipInfo) -> str | None:
     """Reasons to skip an entry without reading it."""
     if info.flag_bits & 0x1:

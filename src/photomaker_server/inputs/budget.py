@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 
 
+def over_unpack_budget(max_bytes: int, by_headers: bool = False) -> str:
+    """The refusal of a request whose inputs unpack to more than ``max_bytes`` (counted, or declared by headers)."""
+    how = ", by their headers" if by_headers else ""
+    return (f"the request's inputs unpack to more than {max_bytes / MiB:.0f} MB in all (archive, image_urls and "
+            f"initial image together{how}); send fewer or smaller photos")
+
+
 @dataclass
 class RequestBudget:
     """The request's budgets and what has been spent so far; ``peak_pixels`` is the most ever held at once."""
@@ -40,11 +47,7 @@ class RequestBudget:
         """Charge ``count`` bytes unpacked from an input of ``field``; refuse once the total passes the budget."""
         self.bytes_read += count
         if self.bytes_read > self.max_bytes:
-            raise InputError(
-                f"the request's inputs unpack to more than {self.max_bytes / MiB:.0f} MB in all (archive, "
-                "image_urls and initial image together); send fewer or smaller photos",
-                field=field,
-            )
+            raise InputError(over_unpack_budget(self.max_bytes), field=field)
 
     def reserve_pixels(self, count: int, field: str) -> None:
         """Check that decoding ``count`` more pixels keeps the request within its pixel budget (before decoding)."""
