@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -110,53 +111,84 @@ class InputLoader:
         return sources
 
     def _photos(self, request: PhotoMakerInput, budget: RequestBudget, log: Log) -> list[NamedPhoto]:
-        limit = self.archive_limits.max_photos
-        named_inputs = 1 + len(request.image_urls or [])
         sources = self._sources(request)
         log(f"Fetching the photos ({len(sources)} file{'s' if len(sources) != 1 else ''})")
+        named_inputs = 1 + len(request.image_urls or [])
         if len(sources) < named_inputs:
-            log(f"Reading {named_inputs - len(sources)} repeated input(s) once (the same file named again)", "WARN")
-        kept: list[NamedPhoto] = []
-        seen_files: set[bytes] = set()
-        seen_photos: set[bytes] = set()
-        repeated = 0
+            log(f"Reading {named_inputs - len(sources)} repeated input(s) once (the same file named again)")
+        collected = _Collected(limit=self.archive_limits.max_photos)
         for index, (field, url) in enumerate(sources):
-            data = self._fetch(url, field)
-            digest = hashlib.sha256(data).digest()
-            if digest in seen_files:  # another URL of the same bytes
-                repeated += 1
-                continue
-            seen_files.add(digest)
-            label = "photo" if field == "image_archive_url" else f"photo in image_urls[{self._position(request, url)}]"
-            with _blamed_on(field):
-                stream = PhotoStream(data, self.archive_limits, count=budget.byte_counter(field))
-                del data  # the stream holds it while it reads; nothing else needs it
-                for name, photo in stream:
-                    photo_digest = hashlib.sha256(photo).digest()
-                    if photo_digest in seen_photos:
-                        repeated += 1
-                        continue
-                    seen_photos.add(photo_digest)
-                    image = decode_image(photo, self.image_limits, what=label if name == "image" else name,
-                                         fit_pixels=self.settings.id_photo_pixels,
-                                         reserve=budget.pixel_reservation(field))
-                    del photo
-                    budget.hold_pixels(image.width * image.height)
-                    kept.append((name if name != "image" else label, image))
-                    if len(kept) >= limit:
-                        break
-            for line in stream.skipped:
+            stream = self._read_input(request, field, url, budget, collected)
+            skipped, unread = (stream.skipped, len(stream.unread())) if stream is not None else ([], 0)
+            del stream  # it holds the input's bytes: gone before the next input is fetched
+            for line in skipped:
                 log(line, "WARN")
-            if len(kept) >= limit:
-                unread, untouched = len(stream.unread()), len(sources) - index - 1
+            if collected.full:
+                untouched = len(sources) - index - 1
                 if unread or untouched:
-                    log(f"Using the first {limit} photos: {unread} more file(s) of this input and {untouched} more "
-                        "input(s) were not read", "WARN")
+                    log(f"Using the first {collected.limit} photos: {unread} more file(s) of this input and "
+                        f"{untouched} more input(s) were not read", "WARN")
                 break
-        if repeated:
-            log(f"Skipped {repeated} photo(s) or file(s) already given (the same bytes)", "WARN")
-        return kept
+        if collected.repeated:
+            log(f"Skipped {collected.repeated} photo(s) or file(s) already given (the same bytes)", "WARN")
+        return collected.photos
+
+    def _read_input(
+        self, request: PhotoMakerInput, field: str, url: str, budget: RequestBudget, collected: _Collected
+    ) -> PhotoStream | None:
+        """Fetch one input and decode its new photos into ``collected`` until it is full; the stream that was read
+        (for what it skipped and left unread), or None when the input's bytes were already read."""
+        data = self._fetch(url, field)
+        if not collected.new_input(data):
+            return None
+        label = "photo" if field == "image_archive_url" else f"photo in image_urls[{self._position(request, url)}]"
+        with _blamed_on(field):
+            stream = PhotoStream(data, self.archive_limits, count=budget.byte_counter(field))
+            del data  # the stream holds it while it reads; nothing else needs it
+            for name, photo in stream:
+                if not collected.new_photo(photo):
+                    continue
+                name = label if name == "image" else name
+                image = decode_image(photo, self.image_limits, what=name, fit_pixels=self.settings.id_photo_pixels,
+                                     reserve=budget.pixel_reservation(field))
+                del photo  # before the next entry is inflated
+                budget.hold_pixels(image.width * image.height)
+                collected.photos.append((name, image))
+                if collected.full:
+                    break
+        return stream
 
     @staticmethod
     def _position(request: PhotoMakerInput, url: str) -> int:
         return (request.image_urls or []).index(url)
+
+
+@dataclass
+class _Collected:
+    """The photos kept so far for one request, and the digests of the inputs and photos already read."""
+
+    limit: int
+    photos: list[NamedPhoto] = field(default_factory=list)
+    repeated: int = 0
+    _inputs: set[bytes] = field(default_factory=set)
+    _photos: set[bytes] = field(default_factory=set)
+
+    @property
+    def full(self) -> bool:
+        return len(self.photos) >= self.limit
+
+    def new_input(self, data: bytes) -> bool:
+        """Whether an input's bytes are new to the request (the same file at another URL is not)."""
+        return self._first_time(data, self._inputs)
+
+    def new_photo(self, data: bytes) -> bool:
+        """Whether a photo's bytes are new to the request (in another archive, or given alone too)."""
+        return self._first_time(data, self._photos)
+
+    def _first_time(self, data: bytes, seen: set[bytes]) -> bool:
+        digest = hashlib.sha256(data).digest()
+        if digest in seen:
+            self.repeated += 1
+            return False
+        seen.add(digest)
+        return True
