@@ -47,8 +47,8 @@ def _small_jpeg(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def fan_out(api) -> dict[str, Upload]:
-    """The two hostile uploads (storage URL and bytes): JPEG magic then filler (undecodable), and real small JPEGs padded
-    after their end-of-image marker to 15 MiB (decoders ignore the padding: 16 valid photos of 15 MiB each)."""
+    """The two hostile uploads (storage URL and bytes): JPEG magic then filler (undecodable), and real small JPEGs
+    padded after their end-of-image marker to 15 MiB (decoders ignore the padding: 16 valid photos of 15 MiB each)."""
     magic = zip_bytes({f"p{i:02d}.jpg": b"\xff\xd8\xff\xe0" + _filler(i, ENTRY_BYTES - 4) for i in range(16)})
     padded = {}
     for i in range(16):
@@ -88,12 +88,17 @@ def _worker_pid(live_server) -> int:  # noqa: ANN001
 def _submit_measured(api, live_server, url: str, copies: int) -> tuple[dict, int]:  # noqa: ANN001
     """Submit ``url`` as the archive plus ``copies`` query-string variants of it in ``image_urls``; the final status
     and how far the worker's peak RSS rose (bytes) while it ran."""
+    return _submit_measured_urls(api, live_server, url, [f"{url}?copy={i}" for i in range(copies)])
+
+
+def _submit_measured_urls(api, live_server, archive_url: str,  # noqa: ANN001
+                          image_urls: list[str]) -> tuple[dict, int]:
     pid = _worker_pid(live_server)
     before = _reset_peak(pid)
-    request_id = api.submit(small(url, image_urls=[f"{url}?copy={i}" for i in range(copies)]))
+    request_id = api.submit(small(archive_url, image_urls=image_urls))
     final = api.wait(request_id, timeout=180)
     rise = _status_kib(pid, "VmHWM") * 1024 - before
-    print(f"{url.rsplit('/', 1)[-1]} x{copies}: worker peak RSS rose by {rise / MiB:.0f} MiB")
+    print(f"{archive_url.rsplit('/', 1)[-1]} + {len(image_urls)}: worker peak RSS rose by {rise / MiB:.0f} MiB")
     return final, rise
 
 
@@ -128,3 +133,24 @@ def test_data_uris_that_declare_more_than_the_request_budget_are_refused_at_subm
     assert detail[0]["loc"] == ["body", "image_urls", 0] and detail[0]["type"] == "input_budget_exceeded", detail
     assert "unpack to more than 320 MB in all" in detail[0]["msg"]
     assert sum(1 for _ in (live_server.data_dir / "files").rglob("*")) == files_before
+
+
+def test_distinct_uploads_of_the_same_photos_run_into_the_unpack_budget_in_the_worker(api, live_server):
+    """Three different uploads holding the same 8 padded photos (15 MiB each): no photo is new after the first
+    upload, so nothing stops the reading but the budget. Stored inputs are judged by the worker: the job ends with
+    a fal-shaped input_error naming the budget, after about 320 MiB inflated, one entry at a time."""
+    entries = {}
+    for i in range(8):
+        photo = _small_jpeg(i)
+        entries[f"p{i:02d}.jpg"] = photo + _filler(200 + i, ENTRY_BYTES - len(photo))
+    urls = []
+    for copy in range(3):  # another note in each: other archive bytes, the same photo bytes
+        archive = zip_bytes({**entries, "note.txt": f"copy {copy}".encode()})
+        response = api.http.post("/storage/upload/multipart", files={"file": ("same.zip", archive, "application/zip")})
+        assert response.status_code == 200, response.text
+        urls.append(response.json()["url"])
+    final, rise = _submit_measured_urls(api, live_server, urls[0], urls[1:])
+    assert final.get("error_type") == "input_error", final
+    assert "unpack to more than 320 MB in all" in final["error"], final["error"]
+    assert "Fetching the photos (3 files)" in messages(final)
+    assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
