@@ -152,5 +152,6 @@ def test_distinct_uploads_of_the_same_photos_run_into_the_unpack_budget_in_the_w
     final, rise = _submit_measured_urls(api, live_server, urls[0], urls[1:])
     assert final.get("error_type") == "input_error", final
     assert "unpack to more than 320 MB in all" in final["error"], final["error"]
+    assert "passed while reading image_urls" in final["error"], final["error"]
     assert "Fetching the photos (3 files)" in messages(final)
     assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 
 
-def over_unpack_budget(max_bytes: int, by_headers: bool = False) -> str:
-    """The refusal of a request whose inputs unpack to more than ``max_bytes`` (counted, or declared by headers)."""
+def over_unpack_budget(max_bytes: int, by_headers: bool = False, field: str | None = None) -> str:
+    """The refusal of a request whose inputs unpack to more than ``max_bytes`` (counted, or declared by headers);
+    ``field``, where the message must say itself which input crossed it (a job's error has no ``loc``)."""
     how = ", by their headers" if by_headers else ""
+    where = f", passed while reading {field}" if field else ""
     return (f"the request's inputs unpack to more than {max_bytes / MiB:.0f} MB in all (archive, image_urls and "
-            f"initial image together{how}); send fewer or smaller photos")
+            f"initial image together{how}){where}; send fewer or smaller photos")
 
 
 @dataclass
@@ -47,14 +49,14 @@ class RequestBudget:
         """Charge ``count`` bytes unpacked from an input of ``field``; refuse once the total passes the budget."""
         self.bytes_read += count
         if self.bytes_read > self.max_bytes:
-            raise InputError(over_unpack_budget(self.max_bytes), field=field)
+            raise InputError(over_unpack_budget(self.max_bytes, field=field), field=field)
 
     def reserve_pixels(self, count: int, field: str) -> None:
         """Check that decoding ``count`` more pixels keeps the request within its pixel budget (before decoding)."""
         if self.pixels_held + count > self.max_pixels:
             raise InputError(
                 f"the request's images need more than {self.max_pixels / 1_000_000:g} megapixels decoded at once "
-                "(photos and initial image together); send fewer or smaller images",
+                f"(photos and initial image together), passed while decoding {field}; send fewer or smaller images",
                 field=field,
             )
         self.peak_pixels = max(self.peak_pixels, self.pixels_held + count)
