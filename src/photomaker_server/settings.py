@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     max_request_input_bytes: int = Field(default=320 * 1024 * 1024, ge=1)
     #: Decoded pixels a request may hold at once in the worker: its kept ID photos, the initial image and the image
     #: being decoded. The default fits every request within the per-photo limits (16 photos scaled to
-    #: ``id_photo_pixels`` and one image of ``max_image_pixels``): about 3 bytes a pixel, ~240 MB.
+    #: ``id_photo_pixels`` and one image of ``max_image_pixels``): Pillow keeps 4 bytes a pixel, so ~320 MB.
     max_request_pixels: int = Field(default=80_000_000, ge=1)
     #: ID photos with more pixels are scaled down to about this many as they are decoded (JPEGs by the decoder
     #: itself): the ID encoder sees 224x224 crops, so a 40 MP photo held whole would be waste.
