@@ -141,7 +141,8 @@ def _read_photos(args: argparse.Namespace, settings: Settings):
             named = contents.photos
         else:
             named = [(str(p), _read(p)) for p in args.images]
-        photos = [decode_image(data, limits, what=name) for name, data in named]
+        # Scaled down as the worker does, so a photo gives the same ID embedding here and on a server.
+        photos = [decode_image(data, limits, what=name, fit_pixels=settings.id_photo_pixels) for name, data in named]
         initial = decode_image(_read(args.initial_image), limits, what="initial image") if args.initial_image else None
     except InputError as exc:
         raise CLIError(str(exc)) from None

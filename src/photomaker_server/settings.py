@@ -103,6 +103,18 @@ class Settings(BaseSettings):
     max_archive_ratio: float = 200.0
     max_id_photos: int = 16
     max_image_pixels: int = 40_000_000
+    # Per-request budgets: what one request's inputs may cost the worker all together, however they are spread over
+    # the archive, ``image_urls`` and the initial image (each distinct file and photo counted once).
+    #: Bytes a request's inputs may unpack to: archive entries as they are decompressed, single photos, the initial
+    #: image. The default is one maximal archive plus one maximal initial image.
+    max_request_input_bytes: int = Field(default=320 * 1024 * 1024, ge=1)
+    #: Decoded pixels a request may hold at once in the worker: its kept ID photos, the initial image and the image
+    #: being decoded. The default fits every request within the per-photo limits (16 photos scaled to
+    #: ``id_photo_pixels`` and one image of ``max_image_pixels``): Pillow keeps 4 bytes a pixel, so ~320 MB.
+    max_request_pixels: int = Field(default=80_000_000, ge=1)
+    #: ID photos with more pixels are scaled down to about this many as they are decoded (JPEGs by the decoder
+    #: itself): the ID encoder sees 224x224 crops, so a 40 MP photo held whole would be waste.
+    id_photo_pixels: int = Field(default=2_000_000, ge=50_176)
 
     # --- queue --------------------------------------------------------------------------------------
     lease_seconds: float = 30.0

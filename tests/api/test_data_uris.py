@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
+import os
+import zipfile
 
 import pytest
 
 from helpers import image_bytes, make_face
-from photomaker_server.api.data_uris import DataUriRefused, store_data_uris
+from photomaker_server.api.data_uris import DataUriRefused, UnpackBudget, store_data_uris
+from photomaker_server.inputs.archives import ArchiveLimits
 from photomaker_server.storage.base import StoredFile
 
 PNG = image_bytes(make_face(0, size=(32, 32)))
@@ -68,3 +72,58 @@ def test_no_data_uri_no_storage():
     storage = MemoryStorage()
     payload = {"image_archive_url": "https://example.com/a.zip"}
     assert store_data_uris(payload, storage, 10) is payload and not storage.files
+
+
+# --- the request's unpack budget, by headers, at submit -------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _archive(*entries: tuple[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _photo_of(size: int) -> bytes:
+    """Incompressible bytes that start like a PNG: what a photo's headers declare is what it unpacks to."""
+    return PNG[:16] + os.urandom(size - 16)
+
+
+BUDGET = UnpackBudget(max_bytes=3 * MiB, archive_limits=ArchiveLimits())
+
+
+def test_data_uris_declaring_more_than_the_budget_together_are_refused_before_anything_is_stored():
+    storage = MemoryStorage()
+    first, second = (_archive(("a.png", _photo_of(MiB)), ("b.png", _photo_of(MiB))) for _ in range(2))
+    payload = {"image_archive_url": uri(first, "application/zip"), "image_urls": [uri(second, "application/zip")]}
+    with pytest.raises(DataUriRefused) as info:
+        store_data_uris(payload, storage, 8 * MiB, BUDGET)
+    assert info.value.loc == ("image_urls", 0) and info.value.kind == "input_budget_exceeded"
+    assert "unpack to more than 3 MB in all" in info.value.message and storage.files == {}
+    # Each alone fits; the same data URI twice is one file, read once.
+    assert store_data_uris({"image_archive_url": uri(first, "application/zip")}, storage, 8 * MiB, BUDGET)
+    same = {"image_archive_url": uri(first, "application/zip"), "image_urls": [uri(first, "application/zip")] * 5}
+    assert store_data_uris(same, MemoryStorage(), 8 * MiB, BUDGET)
+
+
+def test_what_the_headers_cannot_vouch_for_is_left_to_the_worker():
+    """Entries the worker skips unread (not photos by name, junk, nested archives) do not count, and an archive that
+    already breaks a per-archive limit by its headers is left to the worker's precise refusal."""
+    storage = MemoryStorage()
+    skipped = _archive(("a.png", PNG), ("video.mp4", os.urandom(4 * MiB)), ("__MACOSX/._b.png", os.urandom(MiB)))
+    too_big_entry = _archive(("big.png", _photo_of(4 * MiB)))
+    payload = {"image_archive_url": uri(skipped, "application/zip"),
+               "image_urls": [uri(too_big_entry, "application/zip")]}
+    limits = UnpackBudget(3 * MiB, ArchiveLimits(max_entry_bytes=2 * MiB))
+    out = store_data_uris(payload, storage, 8 * MiB, limits)
+    assert len(storage.files) == 2 and out["image_urls"][0].startswith("http://srv/files/")
+
+
+def test_single_images_count_their_size():
+    payload = {"image_archive_url": uri(_photo_of(2 * MiB)), "initial_image_url": uri(_photo_of(2 * MiB))}
+    with pytest.raises(DataUriRefused) as info:
+        store_data_uris(payload, MemoryStorage(), 8 * MiB, BUDGET)
+    assert info.value.loc == ("initial_image_url",)

@@ -208,3 +208,41 @@ def test_limits_from_settings() -> None:
 def test_file_names_are_quoted_in_messages() -> None:
     with pytest.raises(InputError, match="^'photos/a.jpg' is not in a supported image format"):
         decode_image(b"plain text", LIMITS, what="photos/a.jpg")
+
+
+# --- scaling down while decoding (ID photos) ----------------------------------------------------------------------
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_the_reservation_sees_that_size() -> None:
+    data = encode(Image.new("RGB", (4000, 3000), (10, 120, 200)), "JPEG")
+    reserved: list[int] = []
+    image = decode_image(data, LIMITS, fit_pixels=300_000, reserve=reserved.append)
+    assert reserved == [1000 * 750]  # libjpeg at 1/4 scale: the full 12 MP never existed
+    assert image.width * image.height <= 300_000 and abs(image.width / image.height - 4 / 3) < 0.01
+    assert close(image.getpixel((10, 10)), (10, 120, 200))
+
+
+def test_other_formats_are_decoded_whole_then_scaled_down_keeping_mode_conversions_and_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    reserved: list[int] = []
+    rotated = decode_image(encode(Image.new("RGB", (1200, 400), (0, 200, 0)), "PNG", exif=exif.tobytes()), LIMITS,
+                           fit_pixels=30_000, reserve=reserved.append)
+    assert reserved == [1200 * 400] and rotated.height > rotated.width and rotated.width * rotated.height <= 30_000
+    palette = Image.new("P", (900, 900))
+    palette.putpalette([255, 0, 0] + [0, 0, 255] * 255)
+    palette.paste(1, (0, 0, 900, 450))  # top half blue, bottom half red
+    shrunk = decode_image(encode(palette, "PNG"), LIMITS, fit_pixels=10_000)
+    assert shrunk.mode == "RGB" and shrunk.size == (100, 100)
+    assert close(shrunk.getpixel((50, 10)), (0, 0, 255)) and close(shrunk.getpixel((50, 90)), (255, 0, 0))
+
+
+def test_small_images_are_left_as_they_are_and_a_refused_reservation_decodes_nothing() -> None:
+    data = encode(Image.new("RGB", (64, 48), (1, 2, 3)), "PNG")
+    assert decode_image(data, LIMITS, fit_pixels=64 * 48).size == (64, 48)
+
+    def refuse(pixels: int) -> None:
+        raise InputError(f"no room for {pixels} pixels")
+
+    with pytest.raises(InputError, match="no room for 3072 pixels"):
+        decode_image(data, LIMITS, reserve=refuse)

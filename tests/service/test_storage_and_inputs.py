@@ -82,10 +82,13 @@ def test_multipart_upload_used_as_input(api):
 
 
 def test_image_urls_add_photos_and_http_urls_are_fetched(api, local_http):
-    # One photo as a data URI, a zip of two and a photo over http from a local (allow-listed) server.
-    body = small(image_urls=[f"{local_http.url}/photos.zip", f"{local_http.url}/face.png"])
+    # One photo as a data URI, a zip of two and a photo over http from a local (allow-listed) server. The zip's
+    # first photo and face.png are the same bytes: used once.
+    body = small(data_uri(image_bytes(make_face(7))),
+                 image_urls=[f"{local_http.url}/photos.zip", f"{local_http.url}/face.png"])
     final, _ = api.run(body)
-    assert "Encoding 4 ID photos" in messages(final)
+    assert "Encoding 3 ID photos" in messages(final)
+    assert "Skipped 1 photo(s) or file(s) already given (the same bytes)" in messages(final)
     assert {"/photos.zip", "/face.png"} <= set(local_http.gets)
 
 

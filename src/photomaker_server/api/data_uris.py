@@ -8,6 +8,11 @@ URL, which the worker reads straight from storage. Anything refused is refused w
 nothing of a refused request is stored.
 
 Stored inputs are ordinary stored files: they expire with the retention time (``result_ttl_hours``), like uploads.
+
+The request's unpack budget (``max_request_input_bytes``) is checked here too, by headers only (a zip's central
+directory, an image's size), since the bytes are in hand: a request whose data URIs together declare more than the
+budget is refused with a 422 before anything is stored, instead of being queued to fail. The worker counts the real
+bytes of every input as it inflates them, whatever the headers said.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..inputs.archives import is_zip
+from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes, is_zip
+from ..inputs.budget import over_unpack_budget
 from ..inputs.errors import InputError
 from ..inputs.fetch import decode_data_uri
 from ..inputs.images import sniff_image_format
+from ..settings import Settings
 from ..storage.base import FileStorage
 
 #: Request fields that may hold a URL, and what each must contain.
@@ -82,15 +89,45 @@ def _decode(loc: tuple[str | int, ...], uri: str, max_bytes: int) -> _Decoded:
                          "data_uri_content")
 
 
-def store_data_uris(payload: dict[str, Any], storage: FileStorage, max_bytes: int) -> dict[str, Any]:
+@dataclass
+class UnpackBudget:
+    """What a request's data URIs may declare to unpack to, all together (``max_request_input_bytes``)."""
+
+    max_bytes: int
+    archive_limits: ArchiveLimits
+
+
+def unpack_budget(settings: Settings) -> UnpackBudget:
+    return UnpackBudget(settings.max_request_input_bytes, ArchiveLimits.from_settings(settings))
+
+
+def _check_budget(decoded: list[tuple[str, _Decoded]], budget: UnpackBudget) -> None:
+    """Refuse the request once its distinct data URIs declare more than the budget (the one that crosses it)."""
+    total = 0
+    counted: set[str] = set()
+    for uri, item in decoded:
+        if uri in counted:  # stored once, read once by the worker
+            continue
+        counted.add(uri)
+        total += declared_unpacked_bytes(item.data, budget.archive_limits) or 0
+        if total > budget.max_bytes:
+            raise DataUriRefused(item.loc, over_unpack_budget(budget.max_bytes, by_headers=True),
+                                 "input_budget_exceeded")
+
+
+def store_data_uris(
+    payload: dict[str, Any], storage: FileStorage, max_bytes: int, budget: UnpackBudget | None = None
+) -> dict[str, Any]:
     """``payload`` with every data URI replaced by the storage URL of its decoded bytes.
 
-    All of them are decoded and checked before the first is stored, so a refused request leaves nothing behind.
-    Raises :class:`DataUriRefused` (the first problem found, in field order).
+    All of them are decoded and checked (each, then together against ``budget``) before the first is stored, so a
+    refused request leaves nothing behind. Raises :class:`DataUriRefused` (the first problem found, in field order).
     """
     decoded = [(uri, _decode(loc, uri, max_bytes)) for loc, uri in _locations(payload)]
     if not decoded:
         return payload
+    if budget is not None:
+        _check_budget(decoded, budget)
     result = dict(payload)
     if "image_urls" in result:
         result["image_urls"] = list(result["image_urls"])

@@ -12,6 +12,7 @@ import io
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -99,73 +100,148 @@ def _is_junk(path: str) -> bool:
     return not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
+#: Called with each chunk's size as an entry is decompressed: a request's running total, which may refuse.
+ByteCounter = Callable[[int], None]
+
+
 def extract_photos(data: bytes, limits: ArchiveLimits) -> ArchiveContents:
     """The photos in ``data``: a zip archive of images, or a single image (returned as one photo "image").
 
-    Raises InputError for anything that is neither, for corrupt archives, for archives over a limit and for
-    archives without a single usable photo.
+    At most ``limits.max_photos`` are read (the rest are named in ``skipped``). Raises InputError for anything
+    that is neither, for corrupt archives, for archives over a limit and for archives without a single usable
+    photo.
     """
-    if not data:
-        raise InputError("the archive is empty (0 bytes); give a zip archive of photos or a single photo")
-    if sniff_image_format(data) is not None:
-        return ArchiveContents(photos=[("image", data)], skipped=[])
-    if not is_zip(data):
-        raise InputError(
-            "the file is neither a zip archive nor an image; give a .zip of photos (JPEG, PNG, WebP, ...) "
-            "or a single photo"
-        )
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        raise InputError("the zip archive is corrupt or truncated; it could not be opened") from None
-    with archive:
-        return _extract(archive, len(data), limits)
-
-
-def _extract(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits) -> ArchiveContents:
-    entries = archive.infolist()
-    if not entries:
-        raise InputError("the zip archive is empty; it should contain photos")
-    if len(entries) > limits.max_entries:
-        raise InputError(f"the zip archive has {len(entries)} entries; at most {limits.max_entries} are accepted")
-
+    stream = PhotoStream(data, limits)
     photos: list[tuple[str, bytes]] = []
-    skipped: list[str] = []
-    found: list[str] = []  # every non-junk file, for the "no usable photos" message
-    left_over: list[str] = []
-    total = 0
-    for info in sorted(entries, key=lambda i: i.filename):
-        name = info.filename
-        if info.is_dir() or _is_junk(name):
-            continue
-        found.append(name)
+    for photo in stream:
+        photos.append(photo)
         if len(photos) >= limits.max_photos:
-            left_over.append(name)
-            continue
-        reason = _refusal_by_header(info)
-        if reason:
-            skipped.append(f"skipped {name}: {reason}")
-            continue
-        kind, content, used = _read_entry(archive, info, limits, total, archive_size)
-        total += used
-        if kind == "archive":
-            skipped.append(f"skipped {name}: {_NESTED}")
-        elif kind == "other":
-            skipped.append(f"skipped {name}: not an image")
-        else:
-            photos.append((name, content))
-
+            break
+    skipped = list(stream.skipped)
+    left_over = stream.unread()
     if left_over:
         skipped.append(
             f"skipped {len(left_over)} more file(s) ({_names(left_over)}): only the first "
             f"{limits.max_photos} photos (in name order) are used"
         )
-    if not photos:
-        if skipped:  # say why each file was refused (encrypted, not an image, nested archive ...)
-            reasons = [line.removeprefix("skipped ") for line in skipped]
-            raise InputError(f"the archive contains no usable photos ({_names(reasons)})")
-        raise InputError(f"the archive contains no usable photos (found: {_names(found) if found else 'no files'})")
     return ArchiveContents(photos=photos, skipped=skipped)
+
+
+class PhotoStream:
+    """The photos of one input, one at a time, in name order: ``for name, data in PhotoStream(...)``.
+
+    Only one entry is decompressed at a time and nothing is read ahead, so a reader that stops (enough photos)
+    never pays for the rest, and one that keeps what it needs from each photo holds one entry's bytes at a
+    time. ``count`` sees every decompressed chunk: a request's running total across all its inputs. Lines about
+    what was skipped collect in ``skipped``; once the stream ends without a single usable photo, it raises
+    InputError saying why.
+    """
+
+    def __init__(self, data: bytes, limits: ArchiveLimits, count: ByteCounter | None = None) -> None:
+        if not data:
+            raise InputError("the archive is empty (0 bytes); give a zip archive of photos or a single photo")
+        self.skipped: list[str] = []
+        self._data, self._limits, self._count = data, limits, count
+        self._archive: zipfile.ZipFile | None = None
+        self._entries: list[zipfile.ZipInfo] = []
+        self._next = 0  # index into _entries of the first entry not yet looked at
+        if sniff_image_format(data) is not None:
+            return
+        if not is_zip(data):
+            raise InputError(
+                "the file is neither a zip archive nor an image; give a .zip of photos (JPEG, PNG, WebP, ...) "
+                "or a single photo"
+            )
+        try:
+            self._archive = zipfile.ZipFile(io.BytesIO(data))
+            entries = self._archive.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+            raise InputError("the zip archive is corrupt or truncated; it could not be opened") from None
+        if not entries:
+            raise InputError("the zip archive is empty; it should contain photos")
+        if len(entries) > limits.max_entries:
+            raise InputError(f"the zip archive has {len(entries)} entries; at most {limits.max_entries} are accepted")
+        self._entries = sorted(
+            (info for info in entries if not info.is_dir() and not _is_junk(info.filename)), key=lambda i: i.filename
+        )
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        if self._archive is None:  # a single image
+            if self._count is not None:
+                self._count(len(self._data))
+            yield "image", self._data
+            return
+        found = [info.filename for info in self._entries]
+        yielded = False
+        total = 0
+        with self._archive:
+            while self._next < len(self._entries):
+                info = self._entries[self._next]
+                self._next += 1
+                reason = _refusal_by_header(info)
+                if reason:
+                    self.skipped.append(f"skipped {info.filename}: {reason}")
+                    continue
+                kind, content, used = _read_entry(self._archive, info, self._limits, total, len(self._data),
+                                                  self._count)
+                total += used
+                if kind == "archive":
+                    self.skipped.append(f"skipped {info.filename}: {_NESTED}")
+                elif kind == "other":
+                    self.skipped.append(f"skipped {info.filename}: not an image")
+                else:
+                    yielded = True
+                    yield info.filename, content
+                    del content  # the reader has what it needs: do not hold it while the next one inflates
+        if not yielded:
+            if self.skipped:  # say why each file was refused (encrypted, not an image, nested archive ...)
+                reasons = [line.removeprefix("skipped ") for line in self.skipped]
+                raise InputError(f"the archive contains no usable photos ({_names(reasons)})")
+            raise InputError(
+                f"the archive contains no usable photos (found: {_names(found) if found else 'no files'})"
+            )
+
+    def unread(self) -> list[str]:
+        """Names of the files not (yet) looked at: what a reader that stopped early leaves unread."""
+        return [info.filename for info in self._entries[self._next :]]
+
+
+#: Names the worker will most likely find to be photos: what :func:`declared_unpacked_bytes` counts.
+_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
+
+
+def declared_unpacked_bytes(data: bytes, limits: ArchiveLimits) -> int | None:
+    """Bytes the worker will unpack from ``data`` by its headers alone: a single image's size, or the declared
+    sizes of the archive's photos that it would read (photo names, the first ``max_photos`` in name order).
+
+    Costs a parse of the zip's central directory, nothing is inflated: the cheap check at submit. Headers can lie,
+    so the worker still counts real bytes. None when the headers cannot tell (not an image or zip, corrupt) or show
+    the input breaking a per-archive limit: the worker then refuses it, with the exact reason.
+    """
+    if sniff_image_format(data) is not None:
+        return len(data)
+    if not is_zip(data):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return None
+    if len(entries) > limits.max_entries:
+        return None
+    photos = sorted(
+        (info for info in entries
+         if not info.is_dir() and not _is_junk(info.filename) and _refusal_by_header(info) is None
+         and info.filename.lower().endswith(_PHOTO_SUFFIXES)),
+        key=lambda info: info.filename,
+    )[: limits.max_photos]
+    total = 0
+    for info in photos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > limits.max_entry_bytes or (info.file_size > _RATIO_FLOOR and ratio > limits.max_ratio):
+            return None
+        total += info.file_size
+    return total if total <= limits.max_total_bytes else None
 
 
 def _refusal_by_header(info: zipfile.ZipInfo) -> str | None:
@@ -181,7 +257,12 @@ def _refusal_by_header(info: zipfile.ZipInfo) -> str | None:
 
 
 def _read_entry(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits, total_before: int, archive_size: int
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    limits: ArchiveLimits,
+    total_before: int,
+    archive_size: int,
+    count: ByteCounter | None = None,
 ) -> tuple[str, bytes, int]:
     """Decompress one entry under the limits: (kind, content, bytes decompressed).
 
@@ -196,6 +277,8 @@ def _read_entry(
         with archive.open(info) as stream:
             while chunk := stream.read(_CHUNK):
                 first = not buffer
+                if count is not None:
+                    count(len(chunk))  # the request's total first: it may refuse before the chunk is kept
                 buffer += chunk
                 if first and sniff_image_format(bytes(buffer)) is None:
                     kind = "archive" if _is_archive(bytes(buffer[:512])) else "other"

@@ -3,12 +3,18 @@
 Image decoders are the largest attack surface of the service, so only an allow-list of formats is handed to
 Pillow, and the dimensions are checked from the header before a single pixel is decoded (a 100000x100000
 PNG is a few hundred bytes but would need 30 GB of memory).
+
+ID photos need far fewer pixels than cameras take (the ID encoder sees 224x224), so a caller can ask for a photo
+no larger than ``fit_pixels``: JPEGs are then decoded at a reduced scale by libjpeg itself (``draft``), other
+formats are decoded and scaled down at once, so only the small copy is ever kept.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,12 +71,27 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1_000_000:g} megapixels"
 
 
-def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.Image:
+#: Called with the number of pixels a decode is about to produce, before it does (a request's pixel budget).
+PixelReservation = Callable[[int], None]
+
+
+def decode_image(
+    data: bytes,
+    limits: ImageLimits,
+    what: str = "image",
+    *,
+    fit_pixels: int | None = None,
+    reserve: PixelReservation | None = None,
+) -> Image.Image:
     """Decode ``data`` into a fully loaded RGB image with EXIF orientation applied.
 
     ``what`` names the input in messages: a noun ("initial image" reads "the initial image ...") or a file
     name ("photos/a.jpg", quoted as is). Animated images give their first frame. Transparency is composited
     onto white, as the model expects opaque photos.
+
+    ``fit_pixels``: scale images with more pixels down to about that many (aspect kept), during the decode where
+    the format allows it (JPEG). ``reserve`` is told how many pixels the decoder will produce before it starts,
+    and may refuse by raising :class:`InputError`.
     """
     what = _subject(what)
     if not data:
@@ -95,19 +116,55 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image
             raise InputError(f"{what} has no pixels ({width}x{height})")
         if width * height > limits.max_pixels:
             raise _too_large(what, (width, height), limits)
+        target = _fitted_size((width, height), fit_pixels)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image.seek(0)
+                if target is not None:
+                    image.draft(None, target)  # JPEG: libjpeg decodes at 1/2, 1/4 or 1/8 scale; others: no-op
+                if reserve is not None:
+                    reserve(image.size[0] * image.size[1])
                 image.load()
+        except InputError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(what, (width, height), limits) from None
         except Exception:  # noqa: BLE001 - truncated/corrupt data surfaces as many exception types
             raise InputError(f"{what} could not be decoded; the file is truncated or corrupt") from None
-        upright = _exif_upright(image)
+        shrunk = _shrink(image, target, what) if target is not None else image
+        upright = _exif_upright(shrunk)
         return _to_rgb(upright, what)
     finally:
         image.close()
+
+
+def _fitted_size(size: tuple[int, int], fit_pixels: int | None) -> tuple[int, int] | None:
+    """The size (aspect kept) of about ``fit_pixels`` pixels that ``size`` scales down to; None if it fits."""
+    width, height = size
+    if not fit_pixels or width * height <= fit_pixels:
+        return None
+    scale = math.sqrt(fit_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+#: Modes that Pillow can only resize by nearest neighbour (palette, 1-bit) or not at all (16-bit variants).
+_RESIZE_AS_RGB = ("1", "P", "PA")
+
+
+def _shrink(image: Image.Image, target: tuple[int, int], what: str) -> Image.Image:
+    """``image`` (loaded) scaled down to fit ``target``, the EXIF data kept for the orientation that follows.
+
+    ``thumbnail`` first reduces by an integer factor (cheap box filter) and finishes with a bicubic resample,
+    and works in place: the full-size pixels are freed as soon as the small copy exists.
+    """
+    if image.mode in _RESIZE_AS_RGB or image.mode.startswith("I;16"):
+        exif = image.getexif()
+        image = _to_rgb(image, what)
+        if exif:
+            image.info["exif"] = exif.tobytes()
+    image.thumbnail(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return image
 
 
 def _subject(what: str) -> str:

@@ -24,7 +24,7 @@ from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavail
 from ...settings import APP_ID
 from ..auth import require_owner
 from ..context import get_ctx
-from ..data_uris import DataUriRefused, store_data_uris
+from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
 from ..errors import ERROR_STATUS, error_response, validation_response
 from ..schemas import QueueStatus, QueueSubmitted
 
@@ -110,7 +110,7 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
         stored_input = store_data_uris(data.model_dump(mode="json", exclude_none=True), ctx.storage,
-                                       ctx.settings.max_data_uri_bytes)
+                                       ctx.settings.max_data_uri_bytes, unpack_budget(ctx.settings))
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
     return ctx.store.submit(
