@@ -124,25 +124,23 @@ def load_json(path: Path) -> dict:
 
 
 def reap_leftovers(root: Path) -> None:
-    """Processes of a previous run that was killed before it could stop them (its description is still there)."""
+    """Processes of a previous run that was killed before it could stop them (its description is still there).
+
+    Each is recognised by its pid and start time, recorded when it started, so a recycled pid is left alone."""
     described = load_json(root / DESCRIPTION)
+    started = described.get("started", {})
     for name, pid in described.get("pids", {}).items():
-        if not reaper.pid_alive(pid):
+        if not reaper.pid_alive(pid) or reaper.start_time(pid) != started.get(str(pid)):
             continue
+        say(f"{name} (pid {pid}) still runs from a previous start that did not stop cleanly: killing it")
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(root) in cmdline:  # still ours, not a recycled pid
-            say(f"{name} (pid {pid}) still runs from a previous start that did not stop cleanly: killing it")
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for _ in range(100):
-                if not reaper.pid_alive(pid):
-                    break
-                time.sleep(0.05)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for _ in range(200):
+            if not reaper.group_members(pid):
+                break
+            time.sleep(0.05)
     (root / DESCRIPTION).unlink(missing_ok=True)
 
 
@@ -176,16 +174,21 @@ class Lab:
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.s3.handle.env(), "PHOTOMAKER_API_KEYS": self.key, "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1",
-                # A stopped worker hands its job back before the lab's own 30 s limit would kill it.
-                "PHOTOMAKER_SHUTDOWN_GRACE_S": os.environ.get("PHOTOMAKER_SHUTDOWN_GRACE_S", "20")}
+                "PYTHONUNBUFFERED": "1", "PHOTOMAKER_SHUTDOWN_GRACE_S": str(self.grace_s)}
+
+    @property
+    def grace_s(self) -> float:
+        """A stopped worker's time to finish its job (20 s: tiny jobs take seconds) before it hands it back."""
+        return float(os.environ.get("PHOTOMAKER_SHUTDOWN_GRACE_S", "20"))
 
     def _common(self) -> list[str]:
         return ["--database-url", self.postgres.url, "--storage-url", f"s3://{BUCKET}/cluster"]
 
     def _worker(self, i: int) -> Photomaker:
-        return Photomaker(f"worker{i}", "worker", ["worker", "--tiny", *self._common()], self.root / f"worker{i}",
-                          self._env)
+        worker = Photomaker(f"worker{i}", "worker", ["worker", "--tiny", *self._common()],
+                            self.root / f"worker{i}", self._env)
+        worker.grace_s = self.grace_s + 15  # the worker's own grace, then its exit; only then SIGKILL
+        return worker
 
     def _replica(self, i: int, host: str, port: int) -> Photomaker:
         args = ["serve", "--no-worker", "--tiny", "--host", host, "--port", str(port),
@@ -240,7 +243,8 @@ class Lab:
             "front": self.front_url, "replicas": {r.name: r.url for r in self.replicas}, "api_key": self.key,
             "database_url": self.postgres.url, "s3_endpoint": self.s3.address, "storage_url": f"s3://{BUCKET}/cluster",
             "s3_env": self.s3.handle.env(), "control_socket": str(self.root / CONTROL),
-            "pids": {s.name: s.pid for s in services if s.pid is not None}, "cluster_pid": os.getpid(),
+            "pids": {s.name: s.pid for s in services if s.alive}, "cluster_pid": os.getpid(),
+            "started": {str(s.pid): reaper.start_time(s.pid) for s in services if s.alive},
             "logs": {s.name: str(getattr(s, "log_path", "")) for s in services},
         }
         path = self.root / DESCRIPTION

@@ -159,8 +159,8 @@ class Photomaker(Service):
         self.kind, self.args, self.data_dir, self.env, self.url = kind, args, data_dir, env, url
         self.log_path = data_dir / "process.log"
         self._log_offset = 0
-        # Workers finish a tiny job within seconds; replicas only close their connections (5 s).
-        self.grace_s = 30.0 if kind == "worker" else 15.0
+        # Replicas only close their connections (5 s); a worker's is set from its shutdown grace by the caller.
+        self.grace_s = 15.0
 
     @property
     def address(self) -> str:

@@ -45,6 +45,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, it names one process, even after pids wrap."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def group_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that have not exited yet (zombies excluded), read from /proc."""
     members = []
