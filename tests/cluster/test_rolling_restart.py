@@ -118,23 +118,34 @@ def restart_under_load(lab: Lab, *names: str) -> None:
 
 
 def assert_nothing_lost(lab: Lab, known: set[str], reports: dict[str, dict]) -> None:
+    """Every kind of loss at once, so that one failure tells the whole story."""
+    problems: dict[str, object] = {}
     for name, report in reports.items():
-        assert report["errors"] == [], (name, report["errors"])
-        assert report["submitted"], name
-        # Every accepted job completed for the client and every image downloaded (fal_load checks each one).
-        assert sorted(report["completed"]) == sorted(report["submitted"]), name
+        if report["errors"]:
+            problems[f"{name}: errors the client raised"] = report["errors"]
+        if not report["submitted"]:
+            problems[f"{name}: nothing submitted"] = True
+        # Every accepted job completed for the client, every image downloaded (the load scripts check each one).
+        if missing := sorted(set(report["submitted"]) - set(report["completed"])):
+            problems[f"{name}: accepted but no result for the client"] = missing
     submitted = [i for report in reports.values() for i in report["submitted"]]
-    assert len(submitted) == len(set(submitted))
+    if len(submitted) != len(set(submitted)):
+        problems["one request id given twice"] = sorted({i for i in submitted if submitted.count(i) > 1})
     # One job per submission: a submit retried by a client or by the load balancer would leave a second row.
-    rows = lab.query("SELECT id, status, error FROM jobs")
-    new = {row[0]: row for row in rows if row[0] not in known}
-    assert sorted(new) == sorted(submitted), sorted(set(new) ^ set(submitted))
-    assert all(row[1] == "completed" and row[2] is None for row in new.values()), \
-        [row for row in new.values() if row[1] != "completed" or row[2] is not None]
+    new = {row[0]: row for row in lab.query("SELECT id, status, error FROM jobs") if row[0] not in known}
+    if unknown := sorted(set(new) - set(submitted)):
+        problems["jobs no client knows of (a duplicated submit?)"] = unknown
+    if lost := sorted(set(submitted) - set(new)):
+        problems["request ids with no job"] = lost
+    if failed := [row for row in new.values() if row[1] != "completed" or row[2] is not None]:
+        problems["jobs not completed, or failed"] = failed
     # One run per job: a graceful stop lets a worker finish its job instead of handing it back.
     starts = dict(lab.query("SELECT job_id, count(*) FROM job_logs WHERE message LIKE 'Started on worker%' "
                             "GROUP BY job_id"))
-    assert {job: starts.get(job, 0) for job in new if starts.get(job, 0) != 1} == {}
+    if reruns := {job: starts.get(job, 0) for job in new if starts.get(job, 0) != 1}:
+        problems["jobs not run exactly once"] = reruns
+    assert problems == {}, {"completed per client": {n: len(r["completed"]) for n, r in reports.items()},
+                            **problems}
 
 
 def test_rolling_restart_of_replicas_and_workers_loses_nothing(lab):
