@@ -59,7 +59,9 @@ def test_the_readme_walk_through_works_as_written(tmp_path, live_server):
     with quick settings, polls to COMPLETED and saves the image; a refused step stops it with curl's error."""
     assert shutil.which("curl") and shutil.which("jq"), "the documented examples use curl and jq (`make test-deps`)"
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)  # the repository's venv, here the test's
+    venv_python = tmp_path / ".venv" / "bin" / "python"  # the repository's venv: here, the test's interpreter
+    venv_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # (a symlink would lose the venv)
+    venv_python.chmod(0o755)
     (tmp_path / ".data").mkdir()
     (tmp_path / ".data" / "api-key").write_text(API_KEY + "\n")
     env = {**os.environ, "SERVER": live_server.url}
