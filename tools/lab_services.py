@@ -220,9 +220,9 @@ class Front(Service):
 
     def start(self) -> None:
         self.tidy()
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, open(self.directory / "stderr.log", "ab") as errors:
             self.process = reaper.track(subprocess.Popen(
-                self._command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self._command, stdin=subprocess.DEVNULL, stdout=log, stderr=errors,
                 start_new_session=True, cwd=self.directory))
 
     def stop(self) -> None:

@@ -57,27 +57,33 @@ class Supervisor:
 
     # -- the whole cluster
     def start_all(self, timeout: float) -> None:
-        """Start everything in order; the photomaker processes start together and are awaited together."""
-        waiting = []
-        for service in self.services.values():
-            self._start(service)
-            if service.kind in ("postgres", "s3"):
-                continue  # their start returns once they serve
-            waiting.append(service)
+        """Start everything in order; the photomaker processes start together and are awaited together, and the
+        load balancer comes last, so that its first health checks find the replicas serving."""
         deadline = time.monotonic() + timeout
-        for service in waiting:
-            wait_healthy(service, max(1.0, deadline - time.monotonic()))
+        for group in ([s for s in self.services.values() if s is not self.front], [self.front]):
+            waiting = []
+            for service in group:
+                if service is None:
+                    continue
+                self._start(service)
+                if service.kind not in ("postgres", "s3"):  # their start returns once they serve
+                    waiting.append(service)
+            for service in waiting:
+                wait_healthy(service, max(1.0, deadline - time.monotonic()))
         self.awaiting_health.clear()
 
     def stop_all(self) -> None:
-        """Workers and replicas together (each hands back or finishes its work), then the front and the stores."""
+        """The front first (new clients are refused at once rather than told that no replica is left), then the
+        workers and replicas together (each hands back or finishes its work), then the stores."""
         with self.lock:
             for name in self.wanted:
                 self.wanted[name] = False
+            if self.front is not None:
+                self.front.stop()
             apps = [s for s in self.services.values() if s.kind in ("worker", "replica")]
             with ThreadPoolExecutor(max_workers=max(1, len(apps))) as pool:
                 list(pool.map(lambda s: s.stop(), apps))
-            for kind in ("front", "s3", "postgres"):
+            for kind in ("s3", "postgres"):
                 for service in self.services.values():
                     if service.kind == kind:
                         service.stop()
