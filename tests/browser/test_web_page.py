@@ -139,6 +139,13 @@ def test_page_opens_with_demo_banner_local_key_and_styles(page, live_server, tmp
     assert "resemble no one" in text, "the server's own demo_warning text is shown"
     # On the demo model the page starts with quick settings (full-size defaults would take minutes on a CPU).
     assert page.input_value("#steps") == "20" and page.input_value("#image-size") == "square"
+    # They stay quick when an initial image comes and goes (elsewhere: "Auto", then square HD, full size).
+    initial = tmp_path / "initial.png"
+    make_face(5).save(initial)
+    page.set_input_files("#initial-image", str(initial))
+    assert page.input_value("#image-size") == "square"
+    page.set_input_files("#initial-image", [])
+    assert page.input_value("#image-size") == "square"
 
     # Opened from 127.0.0.1: the key comes from /api/local-key (the server's first key) and says so.
     assert page.input_value("#api-key") == API_KEY

@@ -1,4 +1,6 @@
-"""``make cluster`` (tools/cluster.py): up, serving through either replica, and gone after SIGTERM."""
+"""``make cluster`` (tools/cluster.py) as a fault lab, with real processes: a worker, a replica and PostgreSQL killed
+through ``cluster.py ctl``; the cluster heals, every accepted job completes, every result URL (the front
+address's) downloads; a stop leaves nothing behind, an abnormal stop deletes nothing, ``clean`` deletes the data."""
 
 from __future__ import annotations
 
@@ -6,103 +8,142 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
 import reaper
 import substrate
 from helpers import image_bytes, make_face
+from cluster_lab import APP, PNG, Lab
 
-CLUSTER = Path(__file__).resolve().parents[2] / "tools" / "cluster.py"
-APP = "fal-ai/photomaker"
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def launch(directory: Path, *args: str) -> subprocess.Popen:
-    log = open(directory.parent / f"{directory.name}.out", "ab")
-    return subprocess.Popen([sys.executable, str(CLUSTER), "--dir", str(directory), *args],
-                            env={**os.environ, "PHOTOMAKER_LEASE_SECONDS": "3"}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+PHOTO = "data:image/png;base64," + base64.b64encode(image_bytes(make_face(0))).decode()
 
 
-def output(directory: Path) -> str:
-    return (directory.parent / f"{directory.name}.out").read_text(errors="replace")
+def body(seed: int, steps: int = 6) -> dict:
+    return {"prompt": "a photo of a man img", "image_archive_url": PHOTO, "num_inference_steps": steps,
+            "image_size": {"width": 64, "height": 64}, "seed": seed}
 
 
-def test_a_failed_start_stops_everything_with_one_clear_line(tmp_path):
-    directory = tmp_path / "cluster"
-    process = launch(directory, "--replicas", "1", "--workers", "1", "--ready-timeout", "0",
-                     "--port", str(substrate.free_port()))
-    try:
-        assert process.wait(240) == 1, output(directory)
-    finally:
-        reaper.kill_group(process)
-    lines = [line for line in output(directory).splitlines() if line.startswith("cluster: ")]
-    assert len(lines) >= 1, output(directory)
-    assert "cluster stopped" in output(directory)
-    assert reaper.processes_mentioning(str(tmp_path)) == []
-    assert not (directory / "cluster.json").exists()
+def submit(front: str, headers: dict, request: dict, timeout: float = 120) -> str:
+    """Through the front address; a 503 while PostgreSQL restarts is retried (the job is not accepted then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.post(f"{front}/{APP}", json=request, headers=headers, timeout=30)
+        if answer.status_code == 200:
+            return answer.json()["request_id"]
+        assert answer.status_code == 503 and time.monotonic() < deadline, (answer.status_code, answer.text)
+        time.sleep(0.5)
 
 
-def test_cluster_serves_through_both_replicas_and_sigterm_stops_it_all(tiny_root, tmp_path):
-    directory = tmp_path / "cluster"
-    (directory / "models").mkdir(parents=True)
-    (directory / "models" / "tiny").symlink_to(tiny_root.resolve(), target_is_directory=True)  # not rebuilt
-    process = launch(directory, "--replicas", "2", "--workers", "1", "--port", str(substrate.free_port()))
-    try:
-        description_path = directory / "cluster.json"
-        deadline = time.monotonic() + 400
-        while not description_path.exists():
-            assert process.poll() is None, output(directory)
-            assert time.monotonic() < deadline, output(directory)
-            time.sleep(0.5)
-        description = json.loads(description_path.read_text())
-        first, second = description["replicas"]["api1"], description["replicas"]["api2"]
-        assert first != second
-        assert description["api_key"] in output(directory) and first in output(directory)
-        assert "RANDOM-WEIGHT DEMO" in output(directory)
-        headers = {"Authorization": f"Key {description['api_key']}"}
+def wait_completed(front: str, headers: dict, request_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = httpx.get(f"{front}/{APP}/requests/{request_id}/status", headers=headers, timeout=30)
+            if answer.status_code in (200, 202) and answer.json()["status"] == "COMPLETED":
+                return answer.json()
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, request_id
+        time.sleep(0.3)
 
-        photo = "data:image/png;base64," + base64.b64encode(image_bytes(make_face(0))).decode()
-        body = {"prompt": "a photo of a man img", "image_archive_url": photo, "num_inference_steps": 4,
-                "image_size": {"width": 64, "height": 64}, "seed": 3}
-        submitted = httpx.post(f"{first}/{APP}", json=body, headers=headers, timeout=30)
-        assert submitted.status_code == 200, submitted.text
-        request_id = submitted.json()["request_id"]
-        assert httpx.post(f"{first}/{APP}", json=body, timeout=30).status_code == 401  # the key is required
 
-        status_url = f"{second}/{APP}/requests/{request_id}/status"
-        deadline = time.monotonic() + 300
-        while (status := httpx.get(status_url, headers=headers, timeout=30).json())["status"] != "COMPLETED":
-            assert time.monotonic() < deadline, status
-            time.sleep(0.3)
-        result = httpx.get(f"{second}/{APP}/requests/{request_id}", headers=headers, timeout=30)
-        assert result.status_code == 200, result.text
-        url = result.json()["images"][0]["url"]
+def assert_result_downloads(front: str, headers: dict, request_id: str) -> list[str]:
+    status = wait_completed(front, headers, request_id)
+    assert not status.get("error"), status
+    result = httpx.get(f"{front}/{APP}/requests/{request_id}", headers=headers, timeout=30)
+    assert result.status_code == 200, result.text
+    urls = [image["url"] for image in result.json()["images"]]
+    for url in urls:
+        assert url.startswith(front + "/"), url  # the front address, not the replica that rendered it
         image = httpx.get(url, timeout=30)
         assert image.status_code == 200 and image.content.startswith(PNG), (url, image.status_code)
-        pids = description["pids"]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(120)
-        finally:
-            reaper.kill_group(process)
-    assert returncode == 0, output(directory)
-    assert "cluster stopped" in output(directory)
-    for name, pid in pids.items():
-        assert not _alive(pid), f"{name} ({pid}) still runs"
-    assert reaper.processes_mentioning(str(tmp_path)) == []
+    return urls
 
 
-def _alive(pid: int) -> bool:
+def test_a_failed_start_stops_everything_with_one_clear_line(tiny_root, tmp_path):
+    lab = Lab(tmp_path / "cluster", tiny_root)
+    lab.launch("--replicas", "1", "--workers", "1", "--ready-timeout", "0", "--port", str(substrate.free_port()))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        assert lab.process.wait(240) == 1, lab.output()
+    finally:
+        reaper.kill_group(lab.process)
+    lines = [line for line in lab.output().splitlines() if line.startswith("cluster: ")]
+    assert len(lines) == 1, lab.output()
+    assert "cluster stopped" in lab.output()
+    assert reaper.processes_mentioning(str(tmp_path)) == []
+    assert lab.leftovers([]) == []
+    assert lab.run("clean").returncode == 0
+
+
+def test_the_lab_heals_from_kills_keeps_its_data_and_leaves_nothing_behind(tiny_root, tmp_path):
+    lab = Lab(tmp_path / "cluster", tiny_root, env={"PHOTOMAKER_LEASE_SECONDS": "3"})
+    lab.launch("--replicas", "2", "--workers", "2", "--port", str(substrate.free_port()))
+    try:
+        description = lab.wait_up()
+        front, key = description["front"], description["api_key"]
+        headers = {"Authorization": f"Key {key}"}
+        assert f"{front}/" in lab.output() and key in lab.output() and "RANDOM-WEIGHT DEMO" in lab.output()
+        assert httpx.post(f"{front}/{APP}", json=body(0), timeout=30).status_code == 401  # the key is required
+
+        accepted = [submit(front, headers, body(seed, steps=30)) for seed in range(3)]
+        time.sleep(2)  # both workers busy: worker1 dies in the middle of a job
+        lab.ctl("kill", "worker1")
+        accepted.append(submit(front, headers, body(10)))
+        lab.ctl("kill", "api1")
+        accepted += [submit(front, headers, body(seed)) for seed in (11, 12, 13)]  # the front routes around it
+        lab.ctl("kill", "postgres", "--for", "2")
+        accepted.append(submit(front, headers, body(14)))  # 503 while it is down, accepted once it is back
+
+        rows = lab.wait_healed()
+        assert all(rows[name]["restarts"] >= 1 for name in ("worker1", "api1", "postgres")), rows
+        urls = [url for request_id in accepted for url in assert_result_downloads(front, headers, request_id)]
+        assert len(urls) == len(accepted)
+        for name in ("worker1", "api1", "postgres"):
+            assert f"{name} killed (SIGKILL) on request" in lab.output()
+            assert f"{name} is up" in lab.output()
+        # Exactly the jobs accepted, nothing else (a retried submit would show as an extra job).
+        assert sorted(row[0] for row in lab.query("SELECT id FROM jobs")) == sorted(accepted)
+
+        # A process that dies on its own (not through ctl) is reported and restarted too.
+        victim = lab.status()["worker2"]["pid"]
+        os.killpg(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while "worker2 exited (killed by SIGKILL); restarting" not in lab.output():
+            assert time.monotonic() < deadline, lab.output()
+            time.sleep(0.3)
+        assert lab.wait_healed()["worker2"]["pid"] != victim
+
+        # An abnormal stop: the lab itself is killed. Its processes are orphans now; nothing is deleted.
+        os.killpg(lab.process.pid, signal.SIGKILL)  # its group is itself: every service runs in its own session
+        lab.process.wait(10)
+    except BaseException:
+        lab.stop()
+        raise
+    # The next start finds the orphans, stops them, and carries on with the same data, key and addresses.
+    lab.launch("--replicas", "2", "--workers", "2", "--port", front.rsplit(":", 1)[1])
+    try:
+        again = lab.wait_up()
+        assert "still runs from a previous start that did not stop cleanly" in lab.latest_output()
+        assert again["api_key"] == key and again["front"] == front
+        for url in urls:  # files and jobs from before are still there
+            assert httpx.get(url, timeout=30).content.startswith(PNG)
+        assert_result_downloads(front, headers, accepted[0])
+        s3_ports = [int(again["s3_endpoint"].rsplit(":", 1)[1])] + _weed_ports(lab)
+    finally:
+        returncode = lab.stop()
+    assert returncode == 0, lab.output()
+    assert "cluster stopped" in lab.output()
+    assert reaper.processes_mentioning(str(tmp_path)) == []
+    assert lab.leftovers(s3_ports) == []
+    assert "warning" not in lab.output().lower(), lab.output()
+    assert (lab.directory / "postgres" / "pgdata").exists()  # kept for the next start
+
+    cleaned = lab.run("clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert sorted(p.name for p in lab.directory.iterdir()) == ["models"]
+
+
+def _weed_ports(lab: Lab) -> list[int]:
+    return json.loads((lab.directory / "lab.json").read_text())["s3_ports"]

@@ -37,6 +37,7 @@ const state = {
   uploads: new WeakMap(),
   job: null, // the request being followed, see runJob()
   imageSizeTouched: false,
+  quick: false, // the demo model: quick settings stay the default (its images are noise at any size)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -273,6 +274,7 @@ async function loadHealth() {
     );
     banner.hidden = false;
     // Quick defaults on the CPU demo model: full-size defaults would take minutes and still show only noise.
+    state.quick = true;
     $("#steps").value = "20";
     $("#image-size").value = "square";
   } else {
@@ -414,8 +416,8 @@ function setInitialImage(file) {
   $("img", preview).src = state.initial ? state.initial.url : "";
   if (!file) $("#initial-image").value = "";
   // With an initial image the server keeps its shape when no size is sent ("Auto"); switch to that unless
-  // the user picked a size on purpose.
-  if (!state.imageSizeTouched) $("#image-size").value = file ? "" : "square_hd";
+  // the user picked a size on purpose, or the demo model's quick size is the default.
+  if (!state.imageSizeTouched && !state.quick) $("#image-size").value = file ? "" : "square_hd";
   $("[data-field=initial_image_strength]").classList.toggle("inactive", !state.initial);
 }
 
