@@ -22,6 +22,8 @@ from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
+from .stored_files import QuotaStorage
+from .connections import ConnectionBudget
 from .routes import files, ops, queue
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
+        files=QuotaStorage(deployment.store, deployment.storage, deployment.limits, settings.result_ttl_hours * 3600),
+        connections=ConnectionBudget(deployment.limits),
         demo_warning=DEMO_WARNING if settings.tiny else None,
     )
 

@@ -27,18 +27,30 @@ def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
     return ctx.store.workers(max_age_s=WORKER_STALE_AFTER_S)
 
 
-def _describe(worker: WorkerInfo) -> dict:
-    return {
-        "id": worker.id,
-        "host": worker.host,
+def _describe(worker: WorkerInfo, viewer: str | None, own_jobs: set[str]) -> dict:
+    """A worker as ``viewer`` may see it. Without a key (load balancers, anyone): state, device and model only,
+    no host name (its id starts with it) and no request id. With a key: the host and id too, and the request it is
+    running only when that request is the key's own."""
+    public = {
         "state": worker.state,
         "detail": worker.detail,
         "device": worker.device,
         "demo_model": worker.demo_model,
         "loaded_bases": worker.loaded_bases,
-        "current_job": worker.current_job,
         "last_heartbeat": iso_utc(worker.heartbeat_at),
     }
+    if viewer is None:
+        return public
+    return {"id": worker.id, "host": worker.host, **public,
+            "current_job": worker.current_job if worker.current_job in own_jobs else None}
+
+
+def _described(ctx, request: Request, workers: list[WorkerInfo]) -> list[dict]:  # noqa: ANN001
+    """Every worker as the caller may see it (a missing or wrong key: as anyone; never a 401 for health checks)."""
+    viewer = ctx.keys.owner_for(request.headers.get("authorization"))
+    running = {w.current_job for w in workers if w.current_job} if viewer else set()
+    own = {job_id for job_id in running if ctx.store.get(job_id, owner=viewer, with_input=False) is not None}
+    return [_describe(w, viewer, own) for w in workers]
 
 
 @router.get("/health", summary="Liveness, what this deployment runs, and every live worker")
@@ -61,15 +73,16 @@ def health(request: Request) -> dict:
         "styles": style_names(),
         "default_style": default_style(),
         "image_size_presets": list(IMAGE_SIZE_PRESETS),
-        "workers": [_describe(w) for w in workers],
+        "workers": _described(ctx, request, workers),
     }
 
 
 @router.get("/ready", summary="Ready when at least one live worker has its model loaded")
 def ready(request: Request) -> JSONResponse:
-    workers = _workers(get_ctx(request))
+    ctx = get_ctx(request)
+    workers = _workers(ctx)
     is_ready = any(w.state == "ready" for w in workers)
-    body = {"ready": is_ready, "workers": [_describe(w) for w in workers]}
+    body = {"ready": is_ready, "workers": _described(ctx, request, workers)}
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 
