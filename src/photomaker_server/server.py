@@ -252,6 +252,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
 
     from .api.app import build_context, create_app
     from .api.draining import DrainingMiddleware
+    from .api.http_server import apply_header_timeout, uvicorn_options
     from .worker.registry import forget_process
 
     configure_logging(settings.log_format, "api")
@@ -280,7 +281,9 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
         log_level="info",
         log_config=None,  # keep configure_logging's handlers (text or JSON)
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
+    apply_header_timeout(config, settings)
     shutdown.server = _uvicorn_server(config, shutdown.on_signal)
     # Until uvicorn installs its handlers (and again after it restores these), a signal still stops us in order.
     for sig in (signal.SIGTERM, signal.SIGINT):
