@@ -24,7 +24,7 @@ from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
 from .stored_files import QuotaStorage
 from .connections import ConnectionBudget
-from .routes import files, ops, queue
+from .routes import files, login, ops, queue
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
                        limit_for=limits_for(ctx.settings.max_request_bytes, ctx.settings.max_download_bytes))
     # Order matters: fixed paths (files, ops) before queue's /{owner}/{alias} patterns.
     app.include_router(ops.router)
+    app.include_router(login.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     app.mount("/static", StaticFiles(directory=str(resources.files("photomaker_server") / "web")), name="static")

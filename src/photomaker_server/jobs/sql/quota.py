@@ -120,7 +120,7 @@ class QuotaMixin(SQLStoreBase):
 
     def use_token_once(self, nonce: str, expires_at: float) -> bool:
         """True for the first use of a one-time token's ``nonce``, False ever after (until it expires)."""
-        stmt = self._backend.insert(used_tokens).values(nonce=nonce, expires_at=expires_at)
+        stmt = (self._backend.insert(used_tokens).values(nonce=nonce, expires_at=expires_at)
+                .on_conflict_do_nothing(index_elements=[used_tokens.c.nonce]).returning(used_tokens.c.nonce))
         with self._write() as conn:
-            inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=[used_tokens.c.nonce])).rowcount
-        return inserted == 1
+            return conn.execute(stmt).first() is not None
