@@ -32,7 +32,7 @@ cluster: $(STAMP)
 	$(PY) tools/cluster.py $(CLUSTER_ARGS)
 
 # The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples,
-# iproute2 for the multi-host tests (network namespaces).
+# iproute2 for the multi-host tests (network namespaces), HAProxy for the reverse-proxy test of the login link.
 test-deps: $(STAMP)
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
 	@missing=""; \
@@ -40,8 +40,9 @@ test-deps: $(STAMP)
 	  command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages for the browser and docs tests:$$missing"; \
+	    echo "installing Debian packages for the browser, docs and proxy tests:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi
 

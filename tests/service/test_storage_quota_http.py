@@ -106,3 +106,29 @@ def test_every_storing_route_counts_and_past_the_quota_nothing_more_is_stored(re
     bob = one.app.state.ctx.keys.owner_for(f"Key {BOB}")
     assert [(u.files, u.bytes) for u in usage(bob)] == [(2, 1000 + len(photo))]
     assert stored_objects(one) == objects + 2
+
+
+def test_the_operator_sees_usage_per_key(tmp_path):
+    """``photomaker usage`` reads the job database: files and bytes per key, against the quota, named by the key's
+    place in the configuration (never the key itself)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    settings = Settings(data_dir=tmp_path, api_keys=[ALICE, BOB], public_base_url=PUBLIC,
+                        storage_quota_bytes=QUOTA_BYTES, storage_quota_files=QUOTA_FILES)
+    with TestClient(create_app(settings, housekeeping=False)) as client:
+        assert multipart(client, BOB, 700).status_code == 200
+        assert multipart(client, BOB, 300).status_code == 200
+        assert multipart(client, ALICE, 100).status_code == 200
+    env = {**os.environ, "PHOTOMAKER_API_KEYS": f"{ALICE},{BOB}", "PHOTOMAKER_STORAGE_QUOTA_BYTES": str(QUOTA_BYTES),
+           "PHOTOMAKER_STORAGE_QUOTA_FILES": str(QUOTA_FILES)}
+    done = subprocess.run([sys.executable, "-m", "photomaker_server.cli", "usage", "--data-dir", str(tmp_path),
+                           "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [(r["key"], r["files"], r["bytes"]) for r in rows] == [("PHOTOMAKER_API_KEYS #2", 2, 1000),
+                                                                  ("PHOTOMAKER_API_KEYS #1", 1, 100)]
+    assert rows[0]["max_bytes"] == QUOTA_BYTES and rows[0]["max_files"] == QUOTA_FILES
+    assert ALICE not in done.stdout and BOB not in done.stdout
