@@ -80,7 +80,8 @@ class LiveServer:
 
     def printed_login_link(self) -> str:
         """The one-time login link ``serve`` printed at start-up (the last one in the log)."""
-        links = re.findall(r"(https?://\S+/\?token=\S+)", self.log())
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        links = re.findall(r"(https?://\S+/\?token=\S+)", text)
         assert links, f"no login link in the server's output:\n{self.log()}"
         return links[-1]
 

@@ -59,7 +59,7 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from .api.http_server import apply_header_timeout, uvicorn_options
+    from .api.http_server import apply_header_timeout, ensure_file_limit, uvicorn_options
 
     os.environ.update(settings_environment(settings))
     config = uvicorn.Config(
@@ -76,6 +76,7 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
         **uvicorn_options(settings),
     )
     apply_header_timeout(config, settings)  # travels to the children with the config
+    ensure_file_limit(settings)
     sock = config.bind_socket()
     log.info("serving with %d API processes", processes)
     supervisor = Multiprocess(config, sockets=[sock])

@@ -256,7 +256,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
 
     from .api.app import build_context, create_app
     from .api.draining import DrainingMiddleware
-    from .api.http_server import apply_header_timeout, uvicorn_options
+    from .api.http_server import apply_header_timeout, ensure_file_limit, uvicorn_options
     from .api.login import login_link
     from .worker.registry import forget_process
 
@@ -290,6 +290,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
         **uvicorn_options(settings),
     )
     apply_header_timeout(config, settings)
+    ensure_file_limit(settings)
     shutdown.server = _uvicorn_server(config, shutdown.on_signal)
     # Until uvicorn installs its handlers (and again after it restores these), a signal still stops us in order.
     for sig in (signal.SIGTERM, signal.SIGINT):

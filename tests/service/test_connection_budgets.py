@@ -138,7 +138,7 @@ def test_one_keys_200_slow_connections_leave_other_keys_answered(server):
             answer = bob.get(f"/{APP}/requests/{bob_job}/status")
             latencies.append(time.perf_counter() - started)
             assert answer.status_code == 200 and answer.json()["status"] == "IN_QUEUE", answer.text
-        assert max(latencies) < 2.0, latencies
+        assert max(latencies) < 5.0, latencies  # measured: p50 1-2 ms, max 24 ms on a quiet 2-core machine
         assert not _answered(loris, 0), "slow-loris connections were still open while the polls ran"
         print(f"other key's status polls under 200 slow connections: p50 {statistics.median(latencies) * 1000:.1f} ms,"
               f" max {max(latencies) * 1000:.1f} ms")

@@ -15,13 +15,19 @@ instead of the process running out of file descriptors, which would stop it answ
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..settings import Settings
 
-__all__ = ["HeaderDeadlineProtocol", "uvicorn_options"]
+__all__ = ["HeaderDeadlineProtocol", "apply_header_timeout", "ensure_file_limit", "uvicorn_options"]
+
+log = logging.getLogger(__name__)
+#: File descriptors a process needs besides its client connections (database pool, storage, logs, the worker pipe).
+FD_RESERVE = 256
 
 #: Used when a uvicorn Config was made without :func:`uvicorn_options` (it carries no deadline of its own).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
@@ -82,3 +88,21 @@ def apply_header_timeout(config: Any, settings: Settings) -> Any:
     setting of its own for it). Returns ``config``."""
     config.photomaker_header_timeout_s = settings.header_timeout_s
     return config
+
+
+def ensure_file_limit(settings: Settings) -> None:
+    """Raise this process's soft limit on open files (children inherit it) so that ``max_connections`` clients
+    fit: a process that runs out of descriptors cannot accept anyone, while one at ``limit_concurrency`` still
+    answers 503. Warns when the hard limit is too low for that."""
+    wanted = settings.max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open-file limit %d is below PHOTOMAKER_MAX_CONNECTIONS + %d (%d): lower max_connections or "
+                    "raise `ulimit -n`", soft, FD_RESERVE, wanted)
