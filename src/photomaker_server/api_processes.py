@@ -59,7 +59,7 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from .api.http_server import apply_header_timeout, ensure_file_limit, uvicorn_options
+    from .api.http_server import apply_deadlines, ensure_file_limit, uvicorn_options
 
     os.environ.update(settings_environment(settings))
     config = uvicorn.Config(
@@ -75,7 +75,7 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings),
     )
-    apply_header_timeout(config, settings)  # travels to the children with the config
+    apply_deadlines(config, settings)  # travels to the children with the config
     ensure_file_limit(settings)
     sock = config.bind_socket()
     log.info("serving with %d API processes", processes)

@@ -256,7 +256,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
 
     from .api.app import build_context, create_app
     from .api.draining import DrainingMiddleware
-    from .api.http_server import apply_header_timeout, ensure_file_limit, uvicorn_options
+    from .api.http_server import apply_deadlines, ensure_file_limit, uvicorn_options
     from .api.login import login_link
     from .worker.registry import forget_process
 
@@ -289,7 +289,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings),
     )
-    apply_header_timeout(config, settings)
+    apply_deadlines(config, settings)
     ensure_file_limit(settings)
     shutdown.server = _uvicorn_server(config, shutdown.on_signal)
     # Until uvicorn installs its handlers (and again after it restores these), a signal still stops us in order.

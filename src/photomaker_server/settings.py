@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     #: Seconds a client has to send a request's line and headers (from connecting, or from the first byte of the
     #: next request on a kept-alive connection); slow-loris clients are cut off after this.
     header_timeout_s: float = Field(default=10.0, gt=0)
+    #: A request body gets this many seconds plus one more per ``body_min_rate`` bytes it has sent (Apache's
+    #: mod_reqtimeout rule): an upload at 16 KB/s or faster is never cut, a trickled body is cut within seconds.
+    body_timeout_s: float = Field(default=20.0, gt=0)
+    body_min_rate: int = Field(default=16 * 1024, gt=0)
     #: Seconds an idle kept-alive connection stays open between requests.
     keep_alive_timeout_s: int = Field(default=5, ge=1)
     #: Connections one API process serves at once; past it new requests get a 503 (rather than the process

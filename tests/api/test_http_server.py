@@ -6,13 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from photomaker_server.api.http_server import HeaderDeadlineProtocol, uvicorn_options
+from photomaker_server.api.http_server import DeadlineProtocol, uvicorn_options
 from photomaker_server.settings import Settings
 
 
 def test_uvicorn_gets_the_protocol_keep_alive_and_the_connection_ceiling():
     options = uvicorn_options(Settings(keep_alive_timeout_s=7, max_connections=999))
-    assert options == {"http": HeaderDeadlineProtocol, "timeout_keep_alive": 7, "limit_concurrency": 999}
+    assert options == {"http": DeadlineProtocol, "timeout_keep_alive": 7, "limit_concurrency": 999}
 
 
 def test_the_open_file_limit_is_raised_to_fit_max_connections():

@@ -1,7 +1,7 @@
 """Connection budgets, with real sockets against a real ``photomaker serve``: one key holding 200 slow connections
 (trickled headers, status streams, held ``/run`` calls, trickled upload bodies) must leave the server answering
-another key's status polls, get 429s in fal's shape past its caps, and lose its header-less sockets to the header
-deadline.
+another key's status polls, get 429s in fal's shape past its caps, and lose its trickling sockets to the header and
+body deadlines.
 
 The server runs without a worker, so submitted requests stay queued and streams and ``/run`` calls stay open for as
 long as the test wants.
@@ -28,7 +28,8 @@ SLOW_LORIS, STREAMS, RUNS, SLOW_BODIES = 100, 50, 30, 20  # 200 connections from
 
 @pytest.fixture(scope="module")
 def server(tiny_root, tmp_path_factory):
-    env = {"PHOTOMAKER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "PHOTOMAKER_MAX_STREAMS_PER_KEY": str(MAX_STREAMS),
+    env = {"PHOTOMAKER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "PHOTOMAKER_BODY_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+           "PHOTOMAKER_MAX_STREAMS_PER_KEY": str(MAX_STREAMS),
            "PHOTOMAKER_MAX_HELD_RUNS_PER_KEY": str(MAX_RUNS)}
     live = LiveServer(tmp_path_factory.mktemp("budgets"), tiny_root, env=env, extra_args=["--no-worker"])
     live.start(wait_ready=False)
@@ -158,9 +159,10 @@ def test_one_keys_200_slow_connections_leave_other_keys_answered(server):
         # The held ones are really held: still open, no answer yet.
         assert not _answered(held, 0.05)
 
-        # The header deadline: every slow-loris connection is closed by the server, trickling or not.
+        # The deadlines: every slow-loris connection and every trickled body is closed by the server, trickling or
+        # not (bodies get the same 10 s plus a second per 16 KiB received).
         deadline = time.monotonic() + HEADER_TIMEOUT_S + 5
-        assert all(_closed_by_server(sock, max(0.1, deadline - time.monotonic())) for sock in loris)
+        assert all(_closed_by_server(sock, max(0.1, deadline - time.monotonic())) for sock in loris + bodies)
 
         # A stream slot is given back when its client leaves: a new stream of this key opens again.
         for sock in open_streams:
@@ -196,5 +198,22 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_deadline(ser
         assert _status_line(sock)[0] == 200
         sock.sendall(b"GET /health HTTP/1.1\r\n")
         assert _closed_by_server(sock, HEADER_TIMEOUT_S + 5)
+    finally:
+        sock.close()
+
+
+def test_an_upload_that_keeps_sending_is_not_cut_by_the_body_deadline(server):
+    """16 KiB/s or faster, an upload may take longer than the body deadline: 300 KB over ~12 s (25 KB/s)."""
+    sock = _connect(server)
+    try:
+        total, piece = 300_000, b"x" * 12_500
+        sock.sendall(_head(server, "POST", "/files/upload", extra=f"Content-Type: application/octet-stream\r\n"
+                                                                  f"Content-Length: {total}\r\n"))
+        started = time.monotonic()
+        for _ in range(total // len(piece)):
+            sock.sendall(piece)
+            time.sleep(0.5)
+        code, _ = _status_line(sock, timeout=30)
+        assert code == 200 and time.monotonic() - started > HEADER_TIMEOUT_S
     finally:
         sock.close()
