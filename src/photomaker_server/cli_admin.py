@@ -11,7 +11,6 @@ from .api.auth import KeyRing, owner_id
 from .api.login import login_link
 from .cli_args import CLIError
 from .deployment import open_deployment
-from .limits import DeploymentLimits
 from .settings import Settings
 from .shared_secrets import generated_api_key
 
@@ -46,12 +45,12 @@ def print_usage(settings: Settings, as_json: bool) -> int:
     try:
         names = _key_names(settings, KeyRing(settings, generated_api_key(settings, deployment.store)))
         usage = deployment.store.storage_usage()
+        quotas = {item.owner: deployment.limits.for_owner(item.owner).storage for item in usage}
     finally:
         deployment.close()
-    limits = DeploymentLimits(settings)
     rows = []
     for item in usage:
-        quota = limits.for_owner(item.owner).storage
+        quota = quotas[item.owner]
         rows.append({"owner": item.owner, "key": names.get(item.owner), "files": item.files, "bytes": item.bytes,
                      "max_files": quota.max_files, "max_bytes": quota.max_bytes})
     if as_json:
@@ -60,7 +59,11 @@ def print_usage(settings: Settings, as_json: bool) -> int:
     if not rows:
         print("no stored files")
     for row in rows:
-        limit = lambda used, cap: f"{used}/{cap}" if cap is not None else f"{used}"  # noqa: E731
-        print(f"{row['owner']}  files {limit(row['files'], row['max_files'])}  bytes {limit(row['bytes'], row['max_bytes'])}"
-              + (f"  ({row['key']})" if row["key"] else ""))
+        line = (f"{row['owner']}  files {_of(row['files'], row['max_files'])}  "
+                f"bytes {_of(row['bytes'], row['max_bytes'])}")
+        print(line + (f"  ({row['key']})" if row["key"] else ""))
     return 0
+
+
+def _of(used: int, cap: int | None) -> str:
+    return f"{used}/{cap}" if cap is not None else str(used)
