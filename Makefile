@@ -47,7 +47,8 @@ cluster-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 
 # The official JS client (npm), a real Chromium for the browser test, curl + jq for the documented examples,
-# iproute2 for the multi-host tests (network namespaces), haproxy for the cluster tests.
+# iproute2 for the multi-host tests (network namespaces), haproxy for the cluster tests and the reverse-proxy test of
+# the login link.
 test-deps: $(STAMP) cluster-deps
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
 	@missing=""; \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -76,6 +77,21 @@ class LiveServer:
         headers = {"Authorization": f"Key {key}"} if key else {}
         verify = ssl.create_default_context(cafile=str(self.cert)) if self.tls else True
         return httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=30, **kwargs)
+
+    def printed_login_link(self) -> str:
+        """The one-time login link ``serve`` printed at start-up (the last one in the log)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        links = re.findall(r"(https?://\S+/\?token=\S+)", text)
+        assert links, f"no login link in the server's output:\n{self.log()}"
+        return links[-1]
+
+    def login_link(self) -> str:
+        """A fresh one-time login link, from ``photomaker login-link`` as an operator would get one."""
+        args = [sys.executable, "-m", "photomaker_server.cli", "login-link", "--data-dir", str(self.data_dir),
+                "--port", str(self.port), *(["--tls"] if self.tls else [])]
+        done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""

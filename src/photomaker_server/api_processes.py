@@ -59,6 +59,8 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from .api.http_server import apply_deadlines, ensure_file_limit, uvicorn_options
+
     os.environ.update(settings_environment(settings))
     config = uvicorn.Config(
         APP_FACTORY,
@@ -71,7 +73,10 @@ def serve_api_processes(settings: Settings, processes: int, cert: Path | None, k
         log_level="info",
         log_config=None,  # the children call configure_logging themselves
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
+    apply_deadlines(config, settings)  # travels to the children with the config
+    ensure_file_limit(settings)
     sock = config.bind_socket()
     log.info("serving with %d API processes", processes)
     supervisor = Multiprocess(config, sockets=[sock])

@@ -71,6 +71,11 @@ def _run(argv: list[str] | None) -> int:
             return 0
         if args.command == "db":
             return _db(args)
+        if args.command in ("login-link", "usage"):
+            from .cli_admin import print_login_link, print_usage
+
+            settings = settings_from_args(args)
+            return print_login_link(settings) if args.command == "login-link" else print_usage(settings, args.json)
         from .client import cancel_request, show_status
 
         return (show_status if args.command == "status" else cancel_request)(args)

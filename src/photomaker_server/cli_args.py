@@ -227,6 +227,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     upgrade.add_argument("--data-dir", type=Path, help=f"data dir whose secrets to adopt, and whose jobs.db is the "
                                                        f"default database (default: {_setting('data_dir')})")
 
+    link = command("login-link", "print a fresh one-time link that signs the web page in with the local key")
+    link.add_argument("--host", help=f"the server's address, as given to serve (default: {_setting('host')})")
+    link.add_argument("--port", type=int, help=f"the server's port, as given to serve (default: {_setting('port')})")
+    link.add_argument("--public-base-url", metavar="URL", help="the server's public URL, as given to serve")
+    link.add_argument("--tls", action="store_true", default=None, help="the server serves HTTPS")
+    usage = command("usage", "show stored files and bytes per key, against the storage quota")
+    usage.add_argument("--json", action="store_true", help="one JSON list instead of lines")
+    for admin in (link, usage):
+        add_deployment_flags(admin)
+        admin.add_argument("--data-dir", type=Path, help=f"the data dir (default: {_setting('data_dir')})")
+
     default_server = os.environ.get("PHOTOMAKER_SERVER", "http://127.0.0.1:8000")
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):
         cmd = command(name, text)

@@ -1,5 +1,5 @@
 """The one place a process turns its settings into the deployment's shared parts: job store, wake-ups, secrets,
-file storage.
+file storage, and where each key's limits come from.
 
 The API replicas and the workers all call :func:`open_deployment`, so a setting means the same thing in every
 process, and nothing else in the code picks a backend: everything downstream is typed against the protocols
@@ -17,6 +17,7 @@ from .jobs.factory import open_job_store
 from .jobs.protocol import JobStore
 from .jobs.wakeups import PostgresWakeups, Wakeups, open_wakeups
 from .jobs.webhooks import WebhookSigner
+from .limits import DeploymentLimits, LimitsPolicy
 from .settings import Settings
 from .shared_secrets import SharedSecrets, load_shared_secrets
 from .storage.base import FileStorage
@@ -40,6 +41,8 @@ class Deployment:
     secrets: SharedSecrets
     webhook_signer: WebhookSigner
     storage: FileStorage
+    #: Each key's budgets (storage quota, open streams, held /run calls): the deployment-wide default today.
+    limits: LimitsPolicy
 
     def close(self) -> None:
         self.wakeups.close()
@@ -77,7 +80,7 @@ def open_deployment(settings: Settings) -> Deployment:
         if store is not None:
             store.close()
         raise
-    return Deployment(settings, store, wakeups, secrets, signer, storage)
+    return Deployment(settings, store, wakeups, secrets, signer, storage, DeploymentLimits(settings))
 
 
 def _redact(url: str) -> str:

@@ -165,7 +165,8 @@ def ensure_tls(settings: Settings) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path | None) -> None:
+def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path | None,
+            login: str | None = None) -> None:
     from .engine.demo import DEMO_WARNING
 
     lines = [f"PhotoMaker server on {settings.base_url}  (web page: {settings.base_url}/, API docs: {settings.base_url}/docs)"]
@@ -173,6 +174,9 @@ def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path
         lines.append(f"API key (generated now; kept in the job database, a copy in {settings.data_dir / 'api-key'}): {key}")
     elif key:
         lines.append(f"API key: in {settings.data_dir / 'api-key'}")
+    if login:
+        lines.append(f"Web page, signed in with the local key (one-time link, valid 24 h; `photomaker login-link` "
+                     f"prints another): {login}")
     if cert is not None:
         lines.append(f"TLS certificate: {cert}  (clients: SSL_CERT_FILE={cert})")
     if settings.tiny:
@@ -252,6 +256,8 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
 
     from .api.app import build_context, create_app
     from .api.draining import DrainingMiddleware
+    from .api.http_server import apply_deadlines, ensure_file_limit, uvicorn_options
+    from .api.login import login_link
     from .worker.registry import forget_process
 
     configure_logging(settings.log_format, "api")
@@ -262,7 +268,8 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
     if api_processes > 1 and run_worker:
         raise ValueError("several API processes need run_worker=False: the worker supervisor belongs to one process")
     ctx = build_context(settings)
-    _banner(settings, ctx.keys.created, ctx.keys.local_key, cert)
+    link = login_link(settings.base_url, ctx.token_secret, time.time()) if ctx.keys.local_key else None
+    _banner(settings, ctx.keys.created, ctx.keys.local_key, cert, link)
     if api_processes > 1:
         from .api_processes import serve_api_processes
 
@@ -280,7 +287,10 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
         log_level="info",
         log_config=None,  # keep configure_logging's handlers (text or JSON)
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
+    apply_deadlines(config, settings)
+    ensure_file_limit(settings)
     shutdown.server = _uvicorn_server(config, shutdown.on_signal)
     # Until uvicorn installs its handlers (and again after it restores these), a signal still stops us in order.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,6 +116,29 @@ class Settings(BaseSettings):
     #: itself): the ID encoder sees 224x224 crops, so a 40 MP photo held whole would be waste.
     id_photo_pixels: int = Field(default=2_000_000, ge=50_176)
 
+    # --- per-key budgets (0: no limit) -----------------------------------------------------------------
+    #: Bytes and files one key may have stored at once (uploads, data URIs stored at submit, signed-upload URLs
+    #: not yet used); they expire with ``result_ttl_hours``. Counted in the job database, so every replica agrees.
+    storage_quota_bytes: int = Field(default=10 * 1024**3, ge=0)
+    storage_quota_files: int = Field(default=5000, ge=0)
+    #: Status streams (SSE) and held ``/run`` calls one key may have open at once, per API process.
+    max_streams_per_key: int = Field(default=32, ge=0)
+    max_held_runs_per_key: int = Field(default=16, ge=0)
+
+    # --- connections (uvicorn) ----------------------------------------------------------------------
+    #: Seconds a client has to send a request's line and headers (from connecting, or from the first byte of the
+    #: next request on a kept-alive connection); slow-loris clients are cut off after this.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: A request body gets this many seconds plus one more per ``body_min_rate`` bytes it has sent (Apache's
+    #: mod_reqtimeout rule): an upload at 16 KB/s or faster is never cut, a trickled body is cut within seconds.
+    body_timeout_s: float = Field(default=20.0, gt=0)
+    body_min_rate: int = Field(default=16 * 1024, gt=0)
+    #: Seconds an idle kept-alive connection stays open between requests.
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    #: Connections one API process serves at once; past it new requests get a 503 (rather than the process
+    #: running out of file descriptors).
+    max_connections: int = Field(default=2048, ge=16)
+
     # --- queue --------------------------------------------------------------------------------------
     lease_seconds: float = 30.0
     max_attempts: int = 3

@@ -11,7 +11,11 @@ import pytest
 
 from helpers import image_bytes, make_face
 from photomaker_server.api.data_uris import DataUriRefused, UnpackBudget, store_data_uris
+from photomaker_server.api.stored_files import QuotaStorage
 from photomaker_server.inputs.archives import ArchiveLimits
+from photomaker_server.jobs.sql.store import SQLJobStore
+from photomaker_server.limits import DeploymentLimits, QuotaExceeded
+from photomaker_server.settings import Settings
 from photomaker_server.storage.base import StoredFile
 
 PNG = image_bytes(make_face(0, size=(32, 32)))
@@ -35,11 +39,17 @@ class MemoryStorage:
                           size=len(data))
 
 
+def quota_files(storage: MemoryStorage, **quota: int) -> QuotaStorage:
+    """``storage`` behind the quota accounting the API uses, on an in-memory job database."""
+    limits = DeploymentLimits(Settings(**quota))
+    return QuotaStorage(SQLJobStore(":memory:"), storage, limits, retention_s=3600)
+
+
 def test_every_data_uri_becomes_a_storage_url():
     storage = MemoryStorage()
     payload = {"prompt": "p", "image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG),
                "image_urls": ["https://example.com/a.png", uri(PNG)]}
-    out = store_data_uris(payload, storage, 1 << 20)
+    out = store_data_uris(payload, quota_files(storage), "alice", 1 << 20)
     assert out["prompt"] == "p" and out["image_urls"][0] == "https://example.com/a.png"
     assert all(v.startswith("http://srv/files/") for v in (out["image_archive_url"], out["initial_image_url"],
                                                            out["image_urls"][1]))
@@ -62,7 +72,7 @@ def test_every_data_uri_becomes_a_storage_url():
 def test_refusals_name_the_field_and_store_nothing(payload, loc, kind):
     storage = MemoryStorage()
     with pytest.raises(DataUriRefused) as info:
-        store_data_uris(payload, storage, 2000)
+        store_data_uris(payload, quota_files(storage), "alice", 2000)
     assert info.value.loc == loc and info.value.kind == kind
     assert info.value.detail() == {"loc": ["body", *loc], "msg": info.value.message, "type": kind}
     assert storage.files == {}
@@ -71,7 +81,20 @@ def test_refusals_name_the_field_and_store_nothing(payload, loc, kind):
 def test_no_data_uri_no_storage():
     storage = MemoryStorage()
     payload = {"image_archive_url": "https://example.com/a.zip"}
-    assert store_data_uris(payload, storage, 10) is payload and not storage.files
+    assert store_data_uris(payload, quota_files(storage), "alice", 10) is payload and not storage.files
+
+
+def test_a_request_over_the_storage_quota_stores_none_of_its_data_uris():
+    storage = MemoryStorage()
+    files = quota_files(storage, storage_quota_bytes=len(PNG) + 10)
+    payload = {"image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG)}
+    with pytest.raises(QuotaExceeded) as info:
+        store_data_uris(payload, files, "alice", 1 << 20)
+    assert info.value.what == "bytes" and storage.files == {}
+    assert files.store.storage_usage("alice") == []
+    # Within the quota (another key, or this one with less), stored and counted.
+    store_data_uris({"initial_image_url": uri(PNG)}, files, "alice", 1 << 20)
+    assert [(u.files, u.bytes) for u in files.store.storage_usage("alice")] == [(1, len(PNG))]
 
 
 # --- the request's unpack budget, by headers, at submit -------------------------------------------------------------
@@ -100,13 +123,14 @@ def test_data_uris_declaring_more_than_the_budget_together_are_refused_before_an
     first, second = (_archive(("a.png", _photo_of(MiB)), ("b.png", _photo_of(MiB))) for _ in range(2))
     payload = {"image_archive_url": uri(first, "application/zip"), "image_urls": [uri(second, "application/zip")]}
     with pytest.raises(DataUriRefused) as info:
-        store_data_uris(payload, storage, 8 * MiB, BUDGET)
+        store_data_uris(payload, quota_files(storage), "alice", 8 * MiB, BUDGET)
     assert info.value.loc == ("image_urls", 0) and info.value.kind == "input_budget_exceeded"
     assert "unpack to more than 3 MB in all" in info.value.message and storage.files == {}
     # Each alone fits; the same data URI twice is one file, read once.
-    assert store_data_uris({"image_archive_url": uri(first, "application/zip")}, storage, 8 * MiB, BUDGET)
+    assert store_data_uris({"image_archive_url": uri(first, "application/zip")}, quota_files(storage), "alice",
+                           8 * MiB, BUDGET)
     same = {"image_archive_url": uri(first, "application/zip"), "image_urls": [uri(first, "application/zip")] * 5}
-    assert store_data_uris(same, MemoryStorage(), 8 * MiB, BUDGET)
+    assert store_data_uris(same, quota_files(MemoryStorage()), "alice", 8 * MiB, BUDGET)
 
 
 def test_what_the_headers_cannot_vouch_for_is_left_to_the_worker():
@@ -118,12 +142,12 @@ def test_what_the_headers_cannot_vouch_for_is_left_to_the_worker():
     payload = {"image_archive_url": uri(skipped, "application/zip"),
                "image_urls": [uri(too_big_entry, "application/zip")]}
     limits = UnpackBudget(3 * MiB, ArchiveLimits(max_entry_bytes=2 * MiB))
-    out = store_data_uris(payload, storage, 8 * MiB, limits)
+    out = store_data_uris(payload, quota_files(storage), "alice", 8 * MiB, limits)
     assert len(storage.files) == 2 and out["image_urls"][0].startswith("http://srv/files/")
 
 
 def test_single_images_count_their_size():
     payload = {"image_archive_url": uri(_photo_of(2 * MiB)), "initial_image_url": uri(_photo_of(2 * MiB))}
     with pytest.raises(DataUriRefused) as info:
-        store_data_uris(payload, MemoryStorage(), 8 * MiB, BUDGET)
+        store_data_uris(payload, quota_files(MemoryStorage()), "alice", 8 * MiB, BUDGET)
     assert info.value.loc == ("initial_image_url",)

@@ -2,8 +2,8 @@
 
 The page talks to the shared ``photomaker serve --tiny`` (random-weight model): it uploads the photos, submits to
 the fal-style queue, follows the SSE status stream and shows the result. Every test opens the page in a fresh
-browser context (empty localStorage) from http://127.0.0.1:PORT, so the page gets the server's key from
-``/api/local-key`` like a page opened on the server's own machine.
+browser context (empty localStorage, no cookies) with a fresh one-time login link, as the person at the server's
+console opens it: the page exchanges the link's token for a session cookie and gets the server's local key with it.
 
 Uses Debian's Chromium (``make test-deps`` installs it); Playwright's own browser downloads are never used.
 Screenshots go to pytest's tmp_path only.
@@ -56,8 +56,8 @@ def page(browser, live_server):
     page = context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda err: page_errors.append(str(err)))
-    page.goto(f"{live_server.url}/")
-    # /health fills the banner and /api/local-key the key field; both load asynchronously.
+    page.goto(live_server.login_link())
+    # /health fills the banner and /api/session (after the link's sign-in) the key field; both load asynchronously.
     page.wait_for_selector("#demo-banner:not([hidden])")
     page.wait_for_function("document.querySelector('#api-key').value !== ''")
     yield page
@@ -147,10 +147,12 @@ def test_page_opens_with_demo_banner_local_key_and_styles(page, live_server, tmp
     page.set_input_files("#initial-image", [])
     assert page.input_value("#image-size") == "square"
 
-    # Opened from 127.0.0.1: the key comes from /api/local-key (the server's first key) and says so.
+    # Opened with the login link: the key comes from the session (the server's local key) and says so; the token
+    # is gone from the address bar.
     assert page.input_value("#api-key") == API_KEY
     assert page.get_attribute("#api-key", "type") == "password"
-    assert "local server" in page.inner_text("#api-key-note")
+    assert "login link" in page.inner_text("#api-key-note")
+    assert "token" not in page.url and page.url.rstrip("/") == live_server.url
 
     # Styles come from /health; the picker lists the 11 styles with the server's default chosen.
     assert page.eval_on_selector_all("#style option", "os => os.map(o => o.value)") == STYLES
@@ -315,3 +317,32 @@ def test_cancel_a_running_generation(page, live_server, photos, tmp_path):
         assert status["status"] == "COMPLETED"
         result = api.get(f"/{APP}/requests/{request_id}")
     assert result.status_code >= 400 and "cancel" in result.text.lower(), result.text
+
+
+def test_the_key_needs_the_login_link_which_works_once(browser, live_server):
+    """Without the link the page has no key, even opened from 127.0.0.1; the link printed at start-up signs one
+    browser in (and it stays signed in on a reload); the same link in another browser gets nothing."""
+    link = live_server.printed_login_link()
+    contexts = [browser.new_context() for _ in range(3)]
+    try:
+        plain, first, second = (context.new_page() for context in contexts)
+        plain.goto(f"{live_server.url}/")
+        plain.wait_for_selector("#demo-banner:not([hidden])")
+        plain.wait_for_timeout(500)  # the session check has answered (401) by now
+        assert plain.input_value("#api-key") == ""
+
+        first.goto(link)
+        first.wait_for_function("document.querySelector('#api-key').value !== ''")
+        assert first.input_value("#api-key") == API_KEY
+        cookie = next(c for c in contexts[1].cookies() if c["name"] == "photomaker_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and API_KEY not in cookie["value"]
+        first.reload()
+        first.wait_for_function("document.querySelector('#api-key').value !== ''")
+
+        second.goto(link)  # used already
+        second.wait_for_selector("#demo-banner:not([hidden])")
+        second.wait_for_timeout(500)
+        assert second.input_value("#api-key") == "" and "token" not in second.url
+    finally:
+        for context in contexts:
+            context.close()

@@ -179,32 +179,6 @@ def test_docs_and_openapi(live_server):
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
 
 
-def test_local_key_only_for_localhost(live_server):
-    client = live_server.client(None)
-    response = client.get("/api/local-key")
-    assert response.status_code == 200 and response.json() == {"key": API_KEY}
-    rebinding = client.get("/api/local-key", headers={"Host": "evil.example"})
-    assert rebinding.status_code == 403 and "key" not in rebinding.json()
-    # Behind a reverse proxy on the same machine every visitor would look local: any forwarding header refuses.
-    for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
-        proxied = client.get("/api/local-key", headers={header: "203.0.113.7"})
-        assert proxied.status_code == 403 and "key" not in proxied.json(), header
-
-
-def test_local_key_is_only_the_data_dir_key(tmp_path):
-    """Configured keys are never handed out; without a key file there is no local key at all."""
-    from fastapi.testclient import TestClient
-
-    from photomaker_server.api.app import create_app
-    from photomaker_server.settings import Settings
-
-    app = create_app(Settings(data_dir=tmp_path, api_keys=["operator-secret"]), housekeeping=False)
-    with TestClient(app, client=("127.0.0.1", 5000), base_url="http://127.0.0.1:8000") as client:
-        assert client.get("/api/local-key").status_code == 403
-        assert client.get("/health").status_code == 200
-    assert not (tmp_path / "api-key").exists(), "no key file is generated when keys are configured"
-
-
 def test_non_ascii_credentials_are_refused_not_crashed(live_server):
     client = live_server.client(None)
     for header in ("Key k\u00e9y", "Key \u2603", "Bearer \u00e9.\u00e9"):

@@ -22,7 +22,9 @@ from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
-from .routes import files, ops, queue
+from .stored_files import QuotaStorage
+from .connections import ConnectionBudget
+from .routes import files, login, ops, queue
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
+        files=QuotaStorage(deployment.store, deployment.storage, deployment.limits, settings.result_ttl_hours * 3600),
+        connections=ConnectionBudget(deployment.limits),
         demo_warning=DEMO_WARNING if settings.tiny else None,
     )
 
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
                        limit_for=limits_for(ctx.settings.max_request_bytes, ctx.settings.max_download_bytes))
     # Order matters: fixed paths (files, ops) before queue's /{owner}/{alias} patterns.
     app.include_router(ops.router)
+    app.include_router(login.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     app.mount("/static", StaticFiles(directory=str(resources.files("photomaker_server") / "web")), name="static")

@@ -15,6 +15,8 @@ from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.base import FileStorage
 from .auth import KeyRing
+from .connections import ConnectionBudget
+from .stored_files import QuotaStorage
 
 
 @dataclass
@@ -27,6 +29,10 @@ class AppContext:
     signer: WebhookSigner
     token_secret: bytes
     metrics: CollectorRegistry
+    #: Clients' files go through this (quota-charged); ``storage`` directly only for reading and serving.
+    files: QuotaStorage
+    #: Open status streams and held /run calls per key, in this process.
+    connections: ConnectionBudget
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
 

@@ -26,7 +26,7 @@ from ..inputs.errors import InputError
 from ..inputs.fetch import decode_data_uri
 from ..inputs.images import sniff_image_format
 from ..settings import Settings
-from ..storage.base import FileStorage
+from .stored_files import NewFile, QuotaStorage
 
 #: Request fields that may hold a URL, and what each must contain.
 PHOTO_FIELDS = ("image_archive_url", "image_urls")
@@ -116,12 +116,13 @@ def _check_budget(decoded: list[tuple[str, _Decoded]], budget: UnpackBudget) -> 
 
 
 def store_data_uris(
-    payload: dict[str, Any], storage: FileStorage, max_bytes: int, budget: UnpackBudget | None = None
+    payload: dict[str, Any], files: QuotaStorage, owner: str, max_bytes: int, budget: UnpackBudget | None = None
 ) -> dict[str, Any]:
-    """``payload`` with every data URI replaced by the storage URL of its decoded bytes.
+    """``payload`` with every data URI replaced by the storage URL of its decoded bytes, stored for ``owner``.
 
-    All of them are decoded and checked (each, then together against ``budget``) before the first is stored, so a
-    refused request leaves nothing behind. Raises :class:`DataUriRefused` (the first problem found, in field order).
+    All of them are decoded and checked (each, then together against ``budget``), and charged to the owner's storage
+    quota together, before the first is stored, so a refused request leaves nothing behind. Raises
+    :class:`DataUriRefused` (the first problem found, in field order) or :class:`~photomaker_server.limits.QuotaExceeded`.
     """
     decoded = [(uri, _decode(loc, uri, max_bytes)) for loc, uri in _locations(payload)]
     if not decoded:
@@ -131,10 +132,12 @@ def store_data_uris(
     result = dict(payload)
     if "image_urls" in result:
         result["image_urls"] = list(result["image_urls"])
-    stored: dict[str, str] = {}  # the same URI twice (archive and image_urls) stays one file, as the worker dedupes
+    # The same URI twice (archive and image_urls) stays one file, as the worker dedupes.
+    unique = {uri: item for uri, item in reversed(decoded)}
+    written = files.put_all(owner, [NewFile(i.data, i.content_type, i.file_name) for i in unique.values()])
+    stored = {uri: item.url for uri, item in zip(unique, written)}
     for uri, item in decoded:
-        url = stored.get(uri) or storage.put(item.data, item.content_type, item.file_name).url
-        stored[uri] = url
+        url = stored[uri]
         if item.loc[0] == "image_urls":
             result["image_urls"][item.loc[1]] = url
         else:

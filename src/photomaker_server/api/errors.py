@@ -9,9 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..contract.request import error_details
 from ..jobs.records import StoreUnavailable
+from ..limits import QuotaExceeded
 from ..storage.base import StorageUnavailable
 
 #: HTTP status for each error_type a finished request can carry.
@@ -115,8 +117,21 @@ async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) ->
                           {"Retry-After": str(RETRY_AFTER_S)})
 
 
+async def _quota_exceeded_handler(request: Request, exc: QuotaExceeded) -> JSONResponse:
+    """413, not 429: fal's clients retry a 429 at once, and a full quota only frees up as files expire."""
+    return error_response(413, exc.message, "storage_quota_exceeded")
+
+
+async def _client_disconnect_handler(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client went away (or was cut off by a body deadline, ``http_server.py``) while sending its body: nobody is
+    left to answer, and it is no server error worth a traceback."""
+    return error_response(499, "Client disconnected", "client_cancelled")
+
+
 def install(app) -> None:  # noqa: ANN001
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable_handler)
     app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
+    app.add_exception_handler(QuotaExceeded, _quota_exceeded_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(HTTPException, _http_exception_handler)

@@ -34,6 +34,8 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
 import httpx
 
 from photomaker_server.inputs.errors import InputError
+from photomaker_server.urls import MAX_URL_CHARS, HttpUrl, UrlError, parse_http_url
+from photomaker_server.urls import display as _display
 
 if TYPE_CHECKING:
     from photomaker_server.settings import Settings
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MiB = 1024 * 1024
-#: Longest http(s) URL accepted (the API refuses longer ones at submit).
-MAX_URL_CHARS = 16 * 1024
 #: How refusals of internal addresses say what would allow them: for a self-hosted service, internal file servers
 #: and webhook receivers are the normal case, and the operator needs the setting's name, not just a "no".
 ALLOW_HINT = ("unless the host is allow-listed (PHOTOMAKER_FETCH_ALLOW or `photomaker serve --fetch-allow`, "
@@ -236,61 +236,14 @@ def parse_literal_ip(host: str) -> IPAddress | None:
     return None
 
 
-@dataclass
-class _Target:
-    """A checked http(s) URL split into what the connection needs."""
-
-    scheme: str
-    host: str  # ASCII (IDNA) host name or literal IP, without brackets
-    port: int
-    path: str  # path + query, never empty
-    url: str  # the URL as the user sees it (no fragment)
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
+_Target = HttpUrl  # a checked http(s) URL split into what the connection needs (see ..urls)
 
 
-def _display(url: str) -> str:
-    """A short form of a URL for messages: no query string (it often holds signatures), bounded length."""
-    if url[:5].lower() == "data:":
-        return "the data URI"
-    short = url.split("?", 1)[0].split("#", 1)[0]
-    return short if len(short) <= 120 else short[:117] + "..."
-
-
-def _parse_http_url(url: str) -> _Target:
-    if len(url) > MAX_URL_CHARS:
-        raise InputError(f"the URL is too long (at most {MAX_URL_CHARS} characters are accepted)")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in url):
-        raise InputError("the URL contains spaces, control characters or backslashes; percent-encode them")
+def _parse_http_url(url: str) -> HttpUrl:
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise InputError(f"{_display(url)!r} is not a valid URL") from None
-    scheme = parts.scheme.lower()
-    if parts.username is not None or parts.password is not None:
-        raise InputError("URLs with a user name or password in them are not accepted")
-    host = parts.hostname or ""
-    if not host:
-        raise InputError(f"{_display(url)!r} has no host name")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise InputError(f"the URL's host name {host!r} is not a valid domain name") from None
-    host = host.lower().rstrip(".")
-    if not host:
-        raise InputError(f"{_display(url)!r} has no host name")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    clean = url.split("#", 1)[0]
-    default_port = 443 if scheme == "https" else 80
-    return _Target(scheme, host, port if port is not None else default_port, path, clean)
+        return parse_http_url(url)
+    except UrlError as exc:
+        raise InputError(exc.message) from None
 
 
 # --------------------------------------------------------------------------------------------------------

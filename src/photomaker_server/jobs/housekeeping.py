@@ -58,6 +58,7 @@ class Housekeeper:
                 self.storage.delete(key)
         self.storage.purge_uploads()
         self.storage.delete_older_than(self.settings.result_ttl_hours * 3600)  # uploaded inputs, too
+        self.store.expire_stored_files()  # and what the storage quotas count of them
         return len(removed)
 
     def _key_from_url(self, url: str) -> str | None:

@@ -182,9 +182,10 @@ class FileStorage(Protocol):
         self, content_type: str, file_name: str, ttl_s: float = 3600, base_url: str | None = None
     ) -> tuple[str, str]: ...
 
-    def check_upload(self, upload_id: str, sig: str) -> None:
+    def check_upload(self, upload_id: str, sig: str) -> str:
         """Raise :class:`UploadError` unless an upload URL is known, correctly signed, unexpired and unused: the API
-        calls it before reading the body, so a bad URL costs the client nothing to find out and us nothing to read."""
+        calls it before reading the body, so a bad URL costs the client nothing to find out and us nothing to read.
+        Returns the key the upload will be stored under (what its owner's quota is charged by)."""
         ...
 
     def accept_upload(self, upload_id: str, sig: str, data: bytes) -> StoredFile: ...

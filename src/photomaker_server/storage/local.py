@@ -218,11 +218,14 @@ class LocalStorage:
         except (OSError, ValueError):
             raise UploadError("not_found", "Unknown upload URL") from None
 
-    def check_upload(self, upload_id: str, sig: str) -> None:
-        """What :meth:`accept_upload` would refuse, without a body: unknown, badly signed, expired or used."""
-        self._signer.check(upload_id, sig, self._pending(upload_id), 0, self._clock())
+    def check_upload(self, upload_id: str, sig: str) -> str:
+        """What :meth:`accept_upload` would refuse, without a body: unknown, badly signed, expired or used.
+        Returns the key the upload will be stored under."""
+        pending = self._pending(upload_id)
+        self._signer.check(upload_id, sig, pending, 0, self._clock())
         if (self.root / _UPLOADS / f"{upload_id}.used").exists():
             raise UploadError("used", "The upload URL has already been used")
+        return pending.key
 
     def accept_upload(self, upload_id: str, sig: str, data: bytes) -> StoredFile:
         """Store the body of a PUT to an upload URL. Raises :class:`UploadError` for an unknown id, a wrong

@@ -306,14 +306,37 @@ function applyTriggerWord() {
   updatePromptHint();
 }
 
+// Exchanges the login link's one-time token for a session cookie, and takes the token out of the address bar
+// (and so out of the history and of any bookmark) whatever the answer.
+async function signInWithLink() {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+  if (!token) return;
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  try {
+    await fetch(endpoint("api/login"), {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ token }),
+    });
+  } catch {
+    /* no server: the key field stays as it is */
+  }
+}
+
 async function initApiKey() {
   const input = $("#api-key");
   const note = $("#api-key-note");
   const saved = store.get(KEY_STORE);
   if (saved) input.value = saved;
-  // Only answered for pages opened from localhost; anywhere else the user types the key.
+  // The console's login link (?token=...) signs this browser in once; the session cookie (HttpOnly) then gets the
+  // local key on every visit. Without it the user types the key.
+  await signInWithLink();
   try {
-    const response = await fetch(endpoint("api/local-key"), { headers: { Accept: "application/json" } });
+    const response = await fetch(endpoint("api/session"), { headers: { Accept: "application/json" },
+                                                           credentials: "same-origin" });
     if (response.ok) {
       const data = await response.json();
       if (data?.key) {
@@ -327,12 +350,12 @@ async function initApiKey() {
   const describe = () => {
     const value = input.value.trim();
     if (!value) note.textContent = "Needed for generating; kept in this browser.";
-    else if (value === state.localKey) note.textContent = "Provided by this local server.";
+    else if (value === state.localKey) note.textContent = "Provided by this server (signed in with its login link).";
     else note.textContent = "Saved in this browser.";
   };
   input.addEventListener("change", () => {
     const value = input.value.trim();
-    // The localhost key is fetched afresh on every visit, so only a typed key is worth keeping.
+    // The local key is fetched afresh on every visit (the session cookie), so only a typed key is worth keeping.
     store.set(KEY_STORE, value && value !== state.localKey ? value : null);
     describe();
   });

@@ -57,7 +57,7 @@ def initiate_upload(
     request: Request, body: UploadInitiate, owner: Annotated[str, Depends(require_owner)]
 ) -> UploadInitiated:
     ctx = get_ctx(request)
-    upload_url, file_url = ctx.storage.create_upload(body.content_type, body.file_name, base_url=ctx.settings.base_url)
+    upload_url, file_url = ctx.files.create_upload(owner, body.content_type, body.file_name, ctx.settings.base_url)
     return UploadInitiated(upload_url=upload_url, file_url=file_url)
 
 
@@ -66,12 +66,13 @@ async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONRes
     ctx = get_ctx(request)
     try:
         # Storage calls run in a thread: an object store that is slow or down must not stall this event loop.
-        await to_thread.run_sync(ctx.storage.check_upload, upload_id, sig)  # before reading a byte: a bad URL must not cost a whole body
+        # Before reading a byte: a bad URL must not cost a whole body.
+        key = await to_thread.run_sync(ctx.storage.check_upload, upload_id, sig)
     except UploadError as exc:
         return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
     data = await read_capped(request, ctx.settings.max_download_bytes)
-    try:
-        stored = await to_thread.run_sync(ctx.storage.accept_upload, upload_id, sig, data)
+    try:  # charged to the key that asked for the URL, within its quota
+        stored = await to_thread.run_sync(ctx.files.accept_upload, key, upload_id, sig, data)
     except UploadError as exc:
         return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
     return JSONResponse({"url": ctx.file_url(stored.key), "file_size": stored.size}, status_code=200)
@@ -113,11 +114,13 @@ async def upload_with_token(request: Request) -> dict:
     ctx = get_ctx(request)
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     owner = _verify_token(ctx, token.strip()) if scheme.lower() == "bearer" else None
-    if owner is None and ctx.keys.owner_for(request.headers.get("authorization")) is None:
+    if owner is None:
+        owner = ctx.keys.owner_for(request.headers.get("authorization"))
+    if owner is None:
         raise HTTPException(401, "Missing or invalid upload token", headers={"X-Fal-Error-Type": "unauthorized"})
     data = await read_capped(request, ctx.settings.max_download_bytes)
     stored = await to_thread.run_sync(
-        ctx.storage.put, data, request.headers.get("content-type", "application/octet-stream"),
+        ctx.files.put, owner, data, request.headers.get("content-type", "application/octet-stream"),
         request.headers.get("x-fal-file-name", "file"))
     return {"access_url": ctx.file_url(stored.key), "file_size": stored.size}
 
@@ -132,7 +135,7 @@ async def upload_multipart(
     if len(data) > limit:
         raise _too_large(limit)
     stored = await to_thread.run_sync(
-        ctx.storage.put, data, file.content_type or "application/octet-stream", file.filename or "file")
+        ctx.files.put, owner, data, file.content_type or "application/octet-stream", file.filename or "file")
     return UploadedFile(url=ctx.file_url(stored.key), file_name=stored.file_name, content_type=stored.content_type, file_size=stored.size)
 
 

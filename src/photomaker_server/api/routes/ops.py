@@ -1,13 +1,11 @@
 """Operations and the web page: ``/health`` (live), ``/ready`` (model loaded), ``/metrics`` (Prometheus),
-``/.well-known/jwks.json`` (webhook signing keys), ``/api/local-key`` (localhost only), ``/`` (the web page)."""
+``/.well-known/jwks.json`` (webhook signing keys), ``/`` (the web page; its sign-in is ``routes/login.py``)."""
 
 from __future__ import annotations
 
-import ipaddress
 from importlib import resources
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from ...contract.request import IMAGE_SIZE_PRESETS
@@ -19,7 +17,6 @@ from ..context import get_ctx
 from ..metrics import CONTENT_TYPE_LATEST, render_metrics
 
 router = APIRouter(tags=["operations"])
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
@@ -27,18 +24,30 @@ def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
     return ctx.store.workers(max_age_s=WORKER_STALE_AFTER_S)
 
 
-def _describe(worker: WorkerInfo) -> dict:
-    return {
-        "id": worker.id,
-        "host": worker.host,
+def _describe(worker: WorkerInfo, viewer: str | None, own_jobs: set[str]) -> dict:
+    """A worker as ``viewer`` may see it. Without a key (load balancers, anyone): state, device and model only,
+    no host name (its id starts with it) and no request id. With a key: the host and id too, and the request it is
+    running only when that request is the key's own."""
+    public = {
         "state": worker.state,
         "detail": worker.detail,
         "device": worker.device,
         "demo_model": worker.demo_model,
         "loaded_bases": worker.loaded_bases,
-        "current_job": worker.current_job,
         "last_heartbeat": iso_utc(worker.heartbeat_at),
     }
+    if viewer is None:
+        return public
+    return {"id": worker.id, "host": worker.host, **public,
+            "current_job": worker.current_job if worker.current_job in own_jobs else None}
+
+
+def _described(ctx, request: Request, workers: list[WorkerInfo]) -> list[dict]:  # noqa: ANN001
+    """Every worker as the caller may see it (a missing or wrong key: as anyone; never a 401 for health checks)."""
+    viewer = ctx.keys.owner_for(request.headers.get("authorization"))
+    running = {w.current_job for w in workers if w.current_job} if viewer else set()
+    own = {job_id for job_id in running if ctx.store.get(job_id, owner=viewer, with_input=False) is not None}
+    return [_describe(w, viewer, own) for w in workers]
 
 
 @router.get("/health", summary="Liveness, what this deployment runs, and every live worker")
@@ -61,15 +70,16 @@ def health(request: Request) -> dict:
         "styles": style_names(),
         "default_style": default_style(),
         "image_size_presets": list(IMAGE_SIZE_PRESETS),
-        "workers": [_describe(w) for w in workers],
+        "workers": _described(ctx, request, workers),
     }
 
 
 @router.get("/ready", summary="Ready when at least one live worker has its model loaded")
 def ready(request: Request) -> JSONResponse:
-    workers = _workers(get_ctx(request))
+    ctx = get_ctx(request)
+    workers = _workers(ctx)
     is_ready = any(w.state == "ready" for w in workers)
-    body = {"ready": is_ready, "workers": [_describe(w) for w in workers]}
+    body = {"ready": is_ready, "workers": _described(ctx, request, workers)}
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 
@@ -83,32 +93,8 @@ def jwks(request: Request) -> dict:
     return get_ctx(request).signer.jwks()
 
 
-_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
-
-
-def _is_local(request: Request) -> bool:
-    """A page opened on this machine: loopback peer, loopback ``Host`` (defeats DNS rebinding), and no sign of a
-    reverse proxy in front (a proxy on the same machine would make every remote visitor look local)."""
-    client = request.client.host if request.client else ""
-    try:
-        loopback = ipaddress.ip_address(client).is_loopback
-    except ValueError:
-        loopback = False
-    host = urlsplit(f"//{request.headers.get('host') or ''}").hostname or ""
-    proxied = any(name in request.headers for name in _FORWARDING_HEADERS)
-    return loopback and not proxied and host in LOCAL_HOSTS
-
-
-@router.get("/api/local-key", summary="The server's generated key, for pages opened on this machine")
-def local_key(request: Request) -> dict:
-    ctx = get_ctx(request)
-    if ctx.keys.local_key is None or ctx.settings.public_base_url or not _is_local(request):
-        raise HTTPException(403, "The local key is only given to pages opened from localhost on a server with a "
-                                 "generated key; type your key instead")
-    return {"key": ctx.keys.local_key}
-
-
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def index() -> HTMLResponse:
     page = resources.files("photomaker_server").joinpath("web/index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page)
+    # The login link's token is in this page's URL: never send it on as a Referer, never keep the page cached.
+    return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})

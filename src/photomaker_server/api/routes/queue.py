@@ -17,12 +17,15 @@ from pydantic import ValidationError
 
 from ...contract.request import PhotoMakerInput, parse_request
 from ...contract.result import PhotoMakerOutput
-from ...inputs.fetch import ALLOW_HINT, MAX_URL_CHARS, address_problem, is_allow_listed, parse_literal_ip
+from ...inputs.errors import InputError
+from ...inputs.fetch import ALLOW_HINT, address_problem, is_allow_listed, parse_literal_ip
 from ...jobs.results import UrlRenderer, render_result
 from ...jobs.wakeups import Subscription
 from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavailable, job_topic, log_topic, parse_priority
 from ...settings import APP_ID
+from ...urls import UrlError, parse_http_url
 from ..auth import require_owner
+from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
 from ..errors import ERROR_STATUS, error_response, validation_response
@@ -80,23 +83,23 @@ def _priority(request: Request) -> int:
 
 
 def _webhook(url: str | None, allow: list[str]) -> str | None:
+    """The checked ``fal_webhook``: a URL that cannot be delivered to is a 422 naming the field (never a 500, never
+    accepted and silently dropped); a scheme or literal address we never call is a 400, as before."""
     if not url:
         return None
-    if len(url) > MAX_URL_CHARS:
-        raise HTTPException(400, f"fal_webhook may be at most {MAX_URL_CHARS} characters long")
-    from urllib.parse import urlsplit
-
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        host = None
-    if parts.scheme not in ("http", "https") or not host:
-        raise HTTPException(400, "fal_webhook must be an absolute http(s) URL")
+        target = parse_http_url(url)
+    except UrlError as exc:
+        if exc.kind == "url_scheme":
+            raise HTTPException(400, "fal_webhook must be an absolute http(s) URL") from None
+        raise HTTPException(422, [{"loc": ["query", "fal_webhook"], "msg": exc.message, "type": exc.kind}]) from None
     # A literal address we would refuse at delivery anyway: say so now rather than after ten tries over two hours.
-    address = parse_literal_ip(host)
+    try:
+        address = parse_literal_ip(target.host)
+    except InputError as exc:  # numeric like an IPv4 address, but not one (``999.1.1.1``)
+        raise HTTPException(422, [{"loc": ["query", "fal_webhook"], "msg": exc.message, "type": "url_host"}]) from None
     problem = address_problem(address) if address is not None else None
-    if problem and not is_allow_listed(host, address, allow):
+    if problem and not is_allow_listed(target.host, address, allow):
         raise HTTPException(400, f"fal_webhook points at {problem}, which this server does not call {ALLOW_HINT}")
     return url
 
@@ -109,7 +112,7 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
     priority, start_deadline = _priority(request), _start_deadline(request)
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
-        stored_input = store_data_uris(data.model_dump(mode="json", exclude_none=True), ctx.storage,
+        stored_input = store_data_uris(data.model_dump(mode="json", exclude_none=True), ctx.files, owner,
                                        ctx.settings.max_data_uri_bytes, unpack_budget(ctx.settings))
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
@@ -209,6 +212,16 @@ async def status_stream(
     _check_app(owner_ns, alias)
     ctx = get_ctx(request)
     with_logs = _flag(logs)
+    held = ctx.connections.hold(owner, "stream")  # 429 past the key's limit; released when the response ends
+    try:
+        return await _open_stream(ctx, request, request_id, owner, with_logs, held)
+    except BaseException:
+        held.release()
+        raise
+
+
+async def _open_stream(ctx, request: Request, request_id: str, owner: str, with_logs: bool,  # noqa: ANN001
+                       held: Held) -> StreamingResponse:
 
     def look(current: Job | None, last_log: int) -> tuple[Job, list[LogLine], dict[str, Any]]:
         """The job now (the first time: the caller's own, else 404), its log lines after ``last_log`` (when
@@ -267,6 +280,7 @@ async def status_stream(
 
     return _SubscribedStream(
         changes,
+        held,
         events(),
         media_type="text/event-stream",
         headers={**_request_headers(job.id), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -274,18 +288,20 @@ async def status_stream(
 
 
 class _SubscribedStream(StreamingResponse):
-    """A stream that owns a wake-up subscription: closed when the response ends, however it ends (the
-    generator's own ``with`` never runs when the client leaves before the first chunk)."""
+    """A stream that owns a wake-up subscription and its key's stream slot: both given back when the response
+    ends, however it ends (the generator's own ``with`` never runs when the client leaves before the first
+    chunk)."""
 
-    def __init__(self, subscription: Subscription, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, subscription: Subscription, held: Held, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.subscription = subscription
+        self.subscription, self.held = subscription, held
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self.subscription.close()
+            self.held.release()
 
 
 def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONResponse:
@@ -332,6 +348,11 @@ async def run(
     """Queue the request and hold the connection until it finishes; a client that goes away cancels it."""
     _check_app(owner_ns, alias)
     ctx = get_ctx(request)
+    with ctx.connections.hold(owner, "run"):  # 429 past the key's limit, before anything is queued
+        return await _run_held(ctx, request, payload, owner)
+
+
+async def _run_held(ctx, request: Request, payload: dict[str, Any], owner: str) -> Any:  # noqa: ANN001
     job = await to_thread.run_sync(_enqueue, ctx, request, payload, owner, None)
     if isinstance(job, JSONResponse):
         return job

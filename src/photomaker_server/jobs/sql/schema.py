@@ -17,6 +17,9 @@ __all__ = [
     "jobs",
     "metadata",
     "secrets",
+    "storage_owners",
+    "stored_files",
+    "used_tokens",
     "webhook_deliveries",
     "workers",
 ]
@@ -116,6 +119,37 @@ secrets = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+)
+
+#: Files stored on a key's behalf (uploads, data URIs moved to storage at submit, signed-upload records): the
+#: truth its storage quota is counted from, whatever the storage backend. ``key`` is NULL while the bytes are
+#: being written (the row is charged first, so a refused request stores nothing); ``pending`` marks a signed
+#: upload URL whose bytes have not arrived (it counts as a file, with size 0, until it expires).
+stored_files = sa.Table(
+    "stored_files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("key", sa.Text),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("pending", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+)
+sa.Index("ix_stored_files_owner", stored_files.c.owner, stored_files.c.expires_at)
+sa.Index("ix_stored_files_key", stored_files.c.key)
+sa.Index("ix_stored_files_expires", stored_files.c.expires_at)
+
+#: One row per owner that ever stored a file: locked (``FOR UPDATE``) while its quota is checked and charged, so
+#: two API replicas cannot both admit the file that fills it. (SQLite's write lock already serialises that.)
+storage_owners = sa.Table("storage_owners", metadata, sa.Column("owner", sa.String(200), primary_key=True))
+
+#: One-time tokens already used (login links), until they would have expired anyway.
+used_tokens = sa.Table(
+    "used_tokens",
+    metadata,
+    sa.Column("nonce", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Double, nullable=False),
 )
 
 #: Every job column but the input (see ``Job.input``).

@@ -39,6 +39,7 @@ from ..records import (
 )
 from .cluster import ClusterMixin
 from .outbox import OutboxMixin
+from .quota import QuotaMixin
 from .rows import chunks, dumps, to_job, to_log_line
 from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
 from .statements import (
@@ -63,7 +64,7 @@ _RUNNING = JobStatus.RUNNING.value
 _COMPLETED = JobStatus.COMPLETED.value
 
 
-class SQLJobStore(OutboxMixin, ClusterMixin):
+class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
     """:class:`~photomaker_server.jobs.protocol.JobStore` on SQLite or PostgreSQL. Open one per process; it is
     safe to share between threads.
 

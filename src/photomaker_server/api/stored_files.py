@@ -1,0 +1,89 @@
+"""Storing files on a key's behalf, within its storage quota: the only way the API writes to file storage.
+
+Every route that stores bytes for a client goes through :class:`QuotaStorage` (the three upload routes, data URIs at
+submit, signed upload URLs), which charges the file in the job database first (``JobStore.charge_files``: the quota
+is checked there, in one transaction, across replicas) and writes the bytes only once that succeeded. Refusals
+raise :class:`~photomaker_server.limits.QuotaExceeded` (the API answers 413) and leave nothing stored.
+
+Signed upload URLs count as a file from the moment they are handed out (a key cannot mint unlimited pending
+uploads) and are charged their bytes when the PUT arrives; only one PUT per URL can be charged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..jobs.protocol import JobStore
+from ..limits import LimitsPolicy, StorageQuota, UploadAlreadyCharged
+from ..storage.base import FileStorage, StoredFile, UploadError
+
+__all__ = ["NewFile", "QuotaStorage"]
+
+#: How long a signed upload URL stays usable (fal's clients upload at once).
+UPLOAD_URL_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class NewFile:
+    data: bytes
+    content_type: str
+    file_name: str
+
+
+class QuotaStorage:
+    """File storage as the API uses it for clients' files: every write charged to its owner's quota first."""
+
+    def __init__(self, store: JobStore, storage: FileStorage, limits: LimitsPolicy, retention_s: float) -> None:
+        self.store, self.storage, self.limits, self.retention_s = store, storage, limits, retention_s
+
+    def quota(self, owner: str) -> StorageQuota:
+        return self.limits.for_owner(owner).storage
+
+    def put_all(self, owner: str, files: Sequence[NewFile]) -> list[StoredFile]:
+        """Store ``files`` for ``owner``, all or none: charged together, then written. A write that fails undoes
+        the charges of what was not written (and removes what was: a half-stored request is no request)."""
+        ids = self.store.charge_files(owner, [len(f.data) for f in files], self.quota(owner), self.retention_s)
+        stored: list[StoredFile] = []
+        try:
+            for file_id, new in zip(ids, files):
+                item = self.storage.put(new.data, new.content_type, new.file_name)
+                stored.append(item)
+                self.store.settle_file(file_id, item.key)
+        except BaseException:
+            for item in stored:
+                self.storage.delete(item.key)
+            self.store.drop_files(ids)
+            raise
+        return stored
+
+    def put(self, owner: str, data: bytes, content_type: str, file_name: str) -> StoredFile:
+        return self.put_all(owner, [NewFile(data, content_type, file_name)])[0]
+
+    def create_upload(self, owner: str, content_type: str, file_name: str, base_url: str | None) -> tuple[str, str]:
+        """A signed one-time upload URL and its file URL; the pending upload counts as one file of the owner's
+        quota until it is used or expires."""
+        (file_id,) = self.store.charge_files(owner, [0], self.quota(owner), UPLOAD_URL_TTL_S, pending=True)
+        try:
+            upload_url, file_url = self.storage.create_upload(content_type, file_name, UPLOAD_URL_TTL_S, base_url)
+            key = self.storage.key_from_url(file_url, base_url)
+            if key is None:
+                raise RuntimeError(f"the storage did not recognise its own upload file URL {file_url!r}")
+            self.store.settle_file(file_id, key)
+        except BaseException:
+            self.store.drop_files([file_id])
+            raise
+        return upload_url, file_url
+
+    def accept_upload(self, key: str, upload_id: str, sig: str, data: bytes) -> StoredFile:
+        """Charge, then store, the bytes PUT to a signed upload URL whose file key is ``key``."""
+        try:
+            file_id = self.store.charge_upload(key, len(data), self.quota, self.retention_s)
+        except UploadAlreadyCharged:
+            raise UploadError("used", "The upload URL has already been used") from None
+        try:
+            return self.storage.accept_upload(upload_id, sig, data)
+        except BaseException:
+            if file_id is not None:
+                self.store.uncharge_upload(file_id, UPLOAD_URL_TTL_S)
+            raise

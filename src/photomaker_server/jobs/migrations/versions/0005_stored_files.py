@@ -1,0 +1,48 @@
+"""Storage quotas and one-time tokens: a row per stored file (owner, size, expiry), a lock row per owner, and the
+used one-time login links.
+
+Revision ID: 0005
+Revises: 0002
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "stored_files",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("key", sa.Text),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("pending", sa.Boolean, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False),
+    )
+    op.create_index("ix_stored_files_owner", "stored_files", ["owner", "expires_at"])
+    op.create_index("ix_stored_files_key", "stored_files", ["key"])
+    op.create_index("ix_stored_files_expires", "stored_files", ["expires_at"])
+    op.create_table("storage_owners", sa.Column("owner", sa.String(200), primary_key=True))
+    op.create_table(
+        "used_tokens",
+        sa.Column("nonce", sa.String(64), primary_key=True),
+        sa.Column("expires_at", sa.Double, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("used_tokens")
+    op.drop_table("storage_owners")
+    op.drop_index("ix_stored_files_expires", "stored_files")
+    op.drop_index("ix_stored_files_key", "stored_files")
+    op.drop_index("ix_stored_files_owner", "stored_files")
+    op.drop_table("stored_files")
