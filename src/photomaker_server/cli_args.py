@@ -227,6 +227,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     upgrade.add_argument("--data-dir", type=Path, help=f"data dir whose secrets to adopt, and whose jobs.db is the "
                                                        f"default database (default: {_setting('data_dir')})")
 
+    from .cli_keys import add_keys_command  # here, not at the top: cli_keys uses this module's helpers
+
+    add_keys_command(sub)
+
     default_server = os.environ.get("PHOTOMAKER_SERVER", "http://127.0.0.1:8000")
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):
         cmd = command(name, text)

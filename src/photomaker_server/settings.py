@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
 
     # --- queue --------------------------------------------------------------------------------------
+    #: Deployment-wide cap on queued (waiting) jobs: a submit beyond it gets 503 + Retry-After. 0: no cap.
+    max_queued: int = Field(default=0, ge=0)
     lease_seconds: float = 30.0
     max_attempts: int = 3
     result_ttl_hours: float = 24.0 * 7

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..contract.request import error_details
+from ..jobs.keys import KeyRevoked, LimitExceeded, QueueFull
 from ..jobs.records import StoreUnavailable
 from ..storage.base import StorageUnavailable
 
@@ -115,8 +116,22 @@ async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) ->
                           {"Retry-After": str(RETRY_AFTER_S)})
 
 
+async def _limit_exceeded_handler(request: Request, exc: LimitExceeded) -> JSONResponse:
+    """A key's limit (429) or the deployment's queue cap (503): fal's error body naming the limit, with
+    Retry-After. Nothing was stored."""
+    status, error_type = (503, "queue_full") if isinstance(exc, QueueFull) else (429, "rate_limited")
+    return error_response(status, exc.detail, error_type, {"Retry-After": str(exc.retry_after_s)})
+
+
+async def _revoked_handler(request: Request, exc: KeyRevoked) -> JSONResponse:
+    """A key revoked between its (cached) check and the submit's transaction: the same 401 as afterwards."""
+    return error_response(401, "Missing or invalid API key: send 'Authorization: Key <key>'", "unauthorized")
+
+
 def install(app) -> None:  # noqa: ANN001
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable_handler)
     app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
+    app.add_exception_handler(LimitExceeded, _limit_exceeded_handler)
+    app.add_exception_handler(KeyRevoked, _revoked_handler)
     app.add_exception_handler(HTTPException, _http_exception_handler)

@@ -26,6 +26,7 @@ __all__ = [
     "MANAGED_KIND",
     "ApiKey",
     "KeyExists",
+    "KeyRevoked",
     "KeyLimits",
     "KeyUsage",
     "LimitExceeded",
@@ -179,6 +180,10 @@ class UnknownKey(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown key"
+
+
+class KeyRevoked(Exception):
+    """The submitting key was revoked (after the API process's cached check): HTTP 401, nothing stored."""
 
 
 class LimitExceeded(Exception):

@@ -97,7 +97,8 @@ _AT_LIMIT = sa.exists().where(
     api_keys.c.max_concurrent
     <= sa.select(sa.func.count())
     .select_from(_running := jobs.alias("running"))
-    .where(_running.c.owner == _c.owner, _running.c.status == _RUNNING)
+    .where(_running.c.owner == api_keys.c.owner, _running.c.status == _RUNNING)
+    .correlate(api_keys)
     .scalar_subquery(),
 )
 

@@ -37,7 +37,7 @@ from ..records import (
     job_topic,
     parse_priority,
 )
-from ..keys import LimitExceeded, QueueFull
+from ..keys import KeyRevoked, LimitExceeded, QueueFull
 from .cluster import ClusterMixin
 from .keys import KeysMixin
 from .outbox import OutboxMixin
@@ -111,7 +111,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
         """Queue a request. ``start_deadline`` is absolute epoch seconds (now + X-Fal-Request-Timeout).
 
         Checked in the same transaction, so they hold however many replicas submit at once: the owner's key
-        (revoked: ``PermissionError``; its ``max_queued`` and ``requests_per_minute``: :class:`LimitExceeded`) and
+        (revoked: :class:`KeyRevoked`; its ``max_queued`` and ``requests_per_minute``: :class:`LimitExceeded`) and
         ``max_queued_total``, the deployment's cap on queued jobs (:class:`QueueFull`). A refused submit stores
         nothing. The returned job carries its ``queue_position``, counted in the same transaction (what the submit
         answer reports, without a second trip to the database).
@@ -128,7 +128,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
             # First, so the key's row lock orders this key's submits (PostgreSQL) before anything is counted.
             key = conn.execute(TOUCH_KEY, {"p_owner": owner, "p_now": now}).first()
             if key is not None and key.revoked_at is not None:
-                raise PermissionError("this key has been revoked")
+                raise KeyRevoked(owner)
             key_limits = key is not None and (key.max_queued is not None or key.requests_per_minute is not None)
             cap = max_queued_total is not None and max_queued_total > 0
             params = {"p_owner": owner, "p_priority": prio, "p_since": now - 60.0}
