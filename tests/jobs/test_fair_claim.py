@@ -3,12 +3,9 @@ a key at its ``max_concurrent`` is passed over (strictly, even with claims racin
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from photomaker_server.jobs.keys import KeyLimits, owner_of
-from photomaker_server.jobs.sql import SQLJobStore
 
 APP = "fal-ai/photomaker"
 
@@ -79,31 +76,16 @@ def test_a_key_at_max_concurrent_is_passed_over(store) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_racing_claims_never_exceed_max_concurrent(store, db_path, clock) -> None:
+def test_racing_claims_never_exceed_max_concurrent(store, race) -> None:
     store.create_key("limited", "pm_secret_race", KeyLimits(max_concurrent=1))
     limited = owner_of("pm_secret_race")
     for i in range(6):
         store.submit(limited, APP, {"i": i})
     for i in range(6):
         store.submit("other", APP, {"i": i})
-    stores = [SQLJobStore(db_path, clock=clock) for _ in range(6)]
-    claimed, start = [], threading.Barrier(len(stores))
-
-    def claim(s: SQLJobStore, n: int) -> None:
-        start.wait()
-        claimed.append(s.claim(f"w{n}", 30))
-
-    try:
-        threads = [threading.Thread(target=claim, args=(s, n)) for n, s in enumerate(stores)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        for s in stores:
-            s.close()
+    claimed = race(6, lambda s, i: s.claim(f"w{i}", 30))
     owners = [j.owner for j in claimed if j is not None]
-    assert owners.count(limited) == 1
+    assert owners.count(limited) == 1, claimed
     assert owners.count("other") == 5  # passed over, not starved: the others got the rest
 
 

@@ -4,7 +4,6 @@ counted with each state change (once per job, however often it ran)."""
 
 from __future__ import annotations
 
-import threading
 from datetime import date
 
 import pytest
@@ -19,7 +18,6 @@ from photomaker_server.jobs.keys import (
     hash_secret,
     owner_of,
 )
-from photomaker_server.jobs.sql import SQLJobStore
 
 APP = "fal-ai/photomaker"
 
@@ -119,30 +117,11 @@ def test_usage_counts_each_job_once(store, clock) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_concurrent_submits_never_overshoot(store, db_path, clock) -> None:
+def test_concurrent_submits_never_overshoot(store, race) -> None:
     store.create_key("lim", "pm_race", KeyLimits(max_queued=3))
     owner = owner_of("pm_race")
-    stores = [SQLJobStore(db_path, clock=clock) for _ in range(8)]
-    outcomes: list[str] = []
-    start = threading.Barrier(len(stores))
-
-    def submit(s: SQLJobStore) -> None:
-        start.wait()
-        try:
-            s.submit(owner, APP, {})
-            outcomes.append("accepted")
-        except LimitExceeded:
-            outcomes.append("refused")
-
-    try:
-        threads = [threading.Thread(target=submit, args=(s,)) for s in stores]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        for s in stores:
-            s.close()
-    assert sorted(outcomes) == ["accepted"] * 3 + ["refused"] * 5
+    results = race(8, lambda s, i: s.submit(owner, APP, {}))
+    refused = [r for r in results if isinstance(r, LimitExceeded)]
+    assert len(refused) == 5 and len(results) - len(refused) == 3, results
     assert store.counts()["queued"] == 3
     assert store.usage()[0].jobs_submitted == 3

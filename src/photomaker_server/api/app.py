@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         stop = threading.Event()
+        following = None
         if ctx.keys.cache is not None:  # revocations and new keys from any process, through the wake-ups
-            ctx.keys.cache.follow(ctx.wakeups, stop)
+            following = ctx.keys.cache.follow(ctx.wakeups, stop)
         if housekeeping:
             ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage, ctx.signer)
             ctx.housekeeper.start(stop)
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
             yield
         finally:
             stop.set()
+            if following is not None:
+                following.close()
             if ctx.housekeeper:
                 ctx.housekeeper.join()
 

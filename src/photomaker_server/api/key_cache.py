@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..jobs.keys import CONFIG_KIND, KEYS_TOPIC, ApiKey, KeyLimits, hash_secret, same_hash
 from ..jobs.records import StoreUnavailable
-from ..jobs.wakeups import Wakeups
+from ..jobs.wakeups import Subscription, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ class KeyCache:
     def by_owner(self, owner: str) -> ApiKey | None:
         return self._names.get(owner)
 
-    def follow(self, wakeups: Wakeups, stop: threading.Event) -> threading.Thread:
-        """Reload on every ``keys`` wake-up (and every :data:`FALLBACK_RELOAD_S`) until ``stop`` is set."""
+    def follow(self, wakeups: Wakeups, stop: threading.Event) -> Subscription:
+        """Reload on every ``keys`` wake-up (and every :data:`FALLBACK_RELOAD_S`) until ``stop`` is set; returns
+        the subscription, which the caller closes after setting ``stop`` (that ends the thread's wait at once)."""
         subscription = wakeups.subscribe(KEYS_TOPIC)  # before the first reload: no change can slip between
 
         def run() -> None:
@@ -77,6 +78,5 @@ class KeyCache:
                         log.exception("reloading the API keys failed")
                     subscription.wait(FALLBACK_RELOAD_S)
 
-        thread = threading.Thread(target=run, name="key-cache", daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=run, name="key-cache", daemon=True).start()
+        return subscription
