@@ -62,7 +62,7 @@ sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.priority.desc(), jobs.c.created_
 sa.Index("ix_jobs_finished", jobs.c.status, jobs.c.finished_at)
 sa.Index("ix_jobs_owner", jobs.c.owner)
 sa.Index("ix_jobs_fair", jobs.c.status, jobs.c.turn, jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
-sa.Index("ix_jobs_owner_status", jobs.c.owner, jobs.c.status, jobs.c.turn)
+sa.Index("ix_jobs_owner_turn", jobs.c.owner, jobs.c.status, jobs.c.priority, jobs.c.turn)
 sa.Index("ix_jobs_owner_created", jobs.c.owner, jobs.c.created_at)
 
 job_logs = sa.Table(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from ..records import JobStatus
+from ..records import PRIORITIES, JobStatus
 from .schema import FAIR_ORDER, WITHOUT_INPUT, api_keys, job_logs, jobs
 
 __all__ = [
@@ -159,11 +159,12 @@ TOUCH_KEY = (
 )
 
 
-def _owner_turn(fn: sa.sql.functions._FunctionGenerator, statuses: tuple[str, ...],
-                priority: sa.ColumnElement[bool]) -> sa.ScalarSelect:
+def _owner_turn(fn: sa.sql.functions._FunctionGenerator, status: str, priority: int) -> sa.ScalarSelect:
+    """``fn(turn)`` over the owner's jobs of one status and one priority: an index seek on ``ix_jobs_owner_turn``
+    (a range over priorities would make SQLite read every queued job of the owner, on every submit)."""
     return (
         sa.select(fn(_c.turn))
-        .where(_c.owner == _p("p_owner"), _c.status.in_(statuses), priority)
+        .where(_c.owner == _p("p_owner"), _c.status == status, _c.priority == priority)
         .scalar_subquery()
     )
 
@@ -177,11 +178,14 @@ def _admission(key_limits: bool, queue_cap: bool) -> sa.Select:
             sa.select(sa.func.min(_c.turn)).where(_c.status == _QUEUED).scalar_subquery(),
             0,
         ).label("current"),
-        # The owner's last turn taken by a job of this priority or higher (its next one comes after it).
-        _owner_turn(sa.func.max, (_QUEUED, _RUNNING), _c.priority >= _p("p_priority")).label("owner_last"),
-        # The owner's first queued job of a lower priority: the new job goes before it.
-        _owner_turn(sa.func.min, (_QUEUED,), _c.priority < _p("p_priority")).label("lower_first"),
     ]
+    for k in sorted(PRIORITIES.values()):
+        # The owner's last turn taken by a job of this priority or higher (its next one comes after it) ...
+        for status in (_QUEUED, _RUNNING):
+            columns.append(sa.case((_p("p_priority") <= k, _owner_turn(sa.func.max, status, k))).label(
+                f"last_{status}_{k}"))
+        # ... and its first queued job of a lower priority (the new job goes before it).
+        columns.append(sa.case((_p("p_priority") > k, _owner_turn(sa.func.min, _QUEUED, k))).label(f"lower_{k}"))
     if key_limits:
         mine = sa.select(sa.func.count()).select_from(jobs).where(_c.owner == _p("p_owner"))
         window = sa.and_(_c.owner == _p("p_owner"), _c.created_at > _p("p_since"))
@@ -198,7 +202,8 @@ def _admission(key_limits: bool, queue_cap: bool) -> sa.Select:
 
 
 #: ``ADMISSION[key_limits, queue_cap]``: at submit, for owner ``p_owner`` and priority ``p_priority``: the turn
-#: inputs (``current``, ``owner_last``, ``lower_first``), and with ``key_limits`` the owner's queued jobs and its
+#: inputs (``current``; per priority ``k``, ``last_queued_k`` / ``last_running_k`` where ``k`` is at least the new
+#: job's, ``lower_k`` where it is below), and with ``key_limits`` the owner's queued jobs and its
 #: accepted submits since ``p_since`` (``recent``, the first at ``recent_first``), with ``queue_cap`` every
 #: queued job (``queued``).
 #:

@@ -138,8 +138,8 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
             if cap and seen.queued >= max_queued_total:
                 raise QueueFull("queue", f"The service's queue is full ({max_queued_total} requests waiting); "
                                 "retry later", QUEUE_RETRY_AFTER_S)
-            turn = self._turn(seen)
-            if seen.lower_first is not None:
+            turn, lower_first = self._turn(seen)
+            if lower_first is not None:
                 conn.execute(YIELD_TURN, {"p_owner": owner, "p_priority": prio, "p_turn": turn})
             row = conn.execute(self._insert_job, {**values, "turn": turn}).one()  # the stored row: no second read
             job = to_job(row)
@@ -154,15 +154,18 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
         return replace(job, queue_position=int(position))
 
     @staticmethod
-    def _turn(seen: Any) -> int:
+    def _turn(seen: Any) -> tuple[int, int | None]:
         """The new job's turn (see ``statements.ADMISSION``): after the owner's jobs of its priority or higher,
-        not before the turn served now, and before the owner's queued jobs of lower priority."""
-        turn = int(seen.current)
-        if seen.lower_first is not None:
-            turn = min(turn, int(seen.lower_first))
-        if seen.owner_last is not None:
-            turn = max(turn, int(seen.owner_last) + 1)
-        return turn
+        not before the turn served now, and before the owner's queued jobs of lower priority (whose first turn
+        is returned too: None when there are none, so nothing has to move back)."""
+        row = seen._mapping
+        last = [v for name, v in row.items() if name.startswith("last_") and v is not None]
+        lower = [v for name, v in row.items() if name.startswith("lower_") and v is not None]
+        lower_first = min(lower) if lower else None
+        turn = int(seen.current) if lower_first is None else min(int(seen.current), int(lower_first))
+        if last:
+            turn = max(turn, int(max(last)) + 1)
+        return turn, lower_first
 
     @staticmethod
     def _check_key_limits(key: Any, seen: Any, now: float) -> None:

@@ -48,13 +48,13 @@ def upgrade() -> None:
     )
     op.add_column("jobs", sa.Column("turn", sa.BigInteger, nullable=False, server_default="0"))
     op.create_index("ix_jobs_fair", "jobs", ["status", "turn", sa.text("priority DESC"), "created_at", "seq"])
-    op.create_index("ix_jobs_owner_status", "jobs", ["owner", "status", "turn"])
+    op.create_index("ix_jobs_owner_turn", "jobs", ["owner", "status", "priority", "turn"])
     op.create_index("ix_jobs_owner_created", "jobs", ["owner", "created_at"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_owner_created", "jobs")
-    op.drop_index("ix_jobs_owner_status", "jobs")
+    op.drop_index("ix_jobs_owner_turn", "jobs")
     op.drop_index("ix_jobs_fair", "jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("turn")
