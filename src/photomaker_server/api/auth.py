@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..jobs.keys import MANAGED_KIND, owner_of
+from ..jobs.protocol import JobStore
 from ..settings import LOCAL_KEY_FILE, Settings
 from ..shared_secrets import GeneratedKey
 from .key_cache import Caller, KeyCache
@@ -38,7 +39,7 @@ class KeyRing:
     an operator put there.
     """
 
-    def __init__(self, settings: Settings, generated: GeneratedKey | None = None, store: object | None = None) -> None:
+    def __init__(self, settings: Settings, generated: GeneratedKey | None = None, store: JobStore | None = None) -> None:
         configured = list(settings.api_keys)
         path = settings.data_dir / LOCAL_KEY_FILE
         file_key = (path.read_text().strip() or None) if path.is_file() else None
@@ -50,7 +51,7 @@ class KeyRing:
         self.cache: KeyCache | None = None
         self._names: dict[str, str] = {}
         if store is not None:
-            self._names = store.register_configured_keys(self.keys)  # type: ignore[attr-defined]
+            self._names = store.register_configured_keys(self.keys)
             self.cache = KeyCache(store)
             self.cache.reload()
 

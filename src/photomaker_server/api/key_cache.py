@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from ..jobs.keys import CONFIG_KIND, KEYS_TOPIC, ApiKey, KeyLimits, hash_secret, same_hash
+from ..jobs.protocol import JobStore
 from ..jobs.records import StoreUnavailable
 from ..jobs.wakeups import Subscription, Wakeups
 
@@ -39,17 +40,17 @@ class KeyCache:
     """Managed keys by the hash of their secret, and every key's name by owner. Thread-safe: readers see one
     table or the next (the dictionaries are replaced, never changed in place)."""
 
-    def __init__(self, store: object) -> None:
+    def __init__(self, store: JobStore) -> None:
         self._store = store
         self._by_hash: dict[str, ApiKey] = {}
         self._names: dict[str, ApiKey] = {}
         self.loaded_at: float | None = None
 
     def reload(self) -> None:
-        keys: list[ApiKey] = self._store.list_keys()  # type: ignore[attr-defined]
+        keys = self._store.list_keys()
         self._by_hash = {k.secret_hash: k for k in keys if k.secret_hash}
         self._names = {k.owner: k for k in keys}
-        self.loaded_at = self._store.now()  # type: ignore[attr-defined]
+        self.loaded_at = self._store.now()
 
     def managed(self, secret: str) -> ApiKey | None:
         """The managed key with this secret (revoked ones too: the caller refuses them), else None."""

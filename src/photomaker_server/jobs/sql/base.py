@@ -203,14 +203,11 @@ class SQLStoreBase:
         self._notify(job_topic(job_id))
         owner, url = row
         # A job reaches ``completed`` once (every finish is guarded), so it is counted once however often it ran.
-        if error is None:
-            images = len((result or {}).get("images") or [])
-            self._count_usage(conn, owner, now, jobs_completed=1, images=images,
-                              inference_seconds=float(inference_time or 0.0))
-        elif error_type == ERROR_TYPE_CANCELLED:
-            self._count_usage(conn, owner, now, jobs_cancelled=1, inference_seconds=float(inference_time or 0.0))
-        else:
-            self._count_usage(conn, owner, now, jobs_failed=1, inference_seconds=float(inference_time or 0.0))
+        outcome = ("jobs_completed" if error is None else
+                   "jobs_cancelled" if error_type == ERROR_TYPE_CANCELLED else "jobs_failed")
+        images = len((result or {}).get("images") or []) if error is None else 0
+        self._count_usage(conn, owner, now, **{outcome: 1}, images=images,
+                          inference_seconds=float(inference_time or 0.0))
         if url:
             # Only the address: the dispatcher renders the body when it posts (see jobs.webhooks).
             conn.execute(
