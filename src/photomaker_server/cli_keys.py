@@ -58,15 +58,9 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
-_LIMIT_HELP = {
-    "max_concurrent": "jobs of this key running at once (its other jobs wait while others' run)",
-    "max_queued": "jobs of this key waiting; submits beyond it get 429",
-    "requests_per_minute": "accepted submits in any 60 s; beyond it 429",
-}
-
-
 def _limit_flags(parser: argparse.ArgumentParser, allow_none: bool) -> None:
-    for field, text in _LIMIT_HELP.items():
+    """One ``--the-limit N`` flag per field of :class:`KeyLimits`."""
+    for field, text in KeyLimits.help().items():
         # ``set``: a flag left out is absent from the namespace (SUPPRESS), so "not given" differs from "none".
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=_limit(allow_none), metavar="N",
                             default=argparse.SUPPRESS if allow_none else None,
@@ -165,7 +159,8 @@ def _revoke(store: Any, args: argparse.Namespace) -> int:
 def _set(store: Any, args: argparse.Namespace) -> int:
     changes = {name: getattr(args, name) for name in KeyLimits.names() if hasattr(args, name)}
     if not changes:
-        raise CLIError("nothing to change: give --max-concurrent, --max-queued or --requests-per-minute")
+        flags = ", ".join("--" + name.replace("_", "-") for name in KeyLimits.names())
+        raise CLIError(f"nothing to change: give one or more of {flags}")
     print(f"updated {_describe(store.set_key_limits(args.name, changes))}")
     return 0
 

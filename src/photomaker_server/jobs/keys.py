@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets as _secrets
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = [
@@ -86,18 +86,24 @@ def check_key_name(name: str) -> str:
     return name
 
 
+def _limit(help: str) -> Any:
+    return field(default=None, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class KeyLimits:
-    """One owner's limits; None means unlimited. The one place that says what a key may do: add a field here
-    (plus its column in ``jobs/sql/schema.py``'s ``api_keys`` and a migration) and the CLI, ``/admin/keys``,
-    listings and the web page carry it; enforcement goes where the limited thing happens."""
+    """One owner's limits; None means unlimited. The one place that says what a key may do.
+
+    Adding a limit: a field here (its ``help`` becomes the CLI flag's and the API field's description: ``photomaker
+    keys create/set --the-name N`` and ``/admin/keys`` take it with no further change), its column in
+    ``jobs/sql/schema.py``'s ``api_keys`` plus a migration, and its enforcement where the limited thing happens."""
 
     #: Jobs of this key running at once; the claim skips the key's queued jobs while it is at the limit.
-    max_concurrent: int | None = None
+    max_concurrent: int | None = _limit("jobs of this key running at once (its other jobs wait while others' run)")
     #: Jobs of this key waiting (not running); a submit beyond it is refused with 429.
-    max_queued: int | None = None
+    max_queued: int | None = _limit("jobs of this key waiting; submits beyond it get 429")
     #: Accepted submits in any 60 s; beyond it 429.
-    requests_per_minute: int | None = None
+    requests_per_minute: int | None = _limit("accepted submits in any 60 s; beyond it 429")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -112,6 +118,11 @@ class KeyLimits:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Each limit's description (CLI help, OpenAPI)."""
+        return {f.name: f.metadata["help"] for f in fields(cls)}
 
     def as_dict(self) -> dict[str, int | None]:
         return asdict(self)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, create_model, field_validator
 
 from ...jobs.keys import LIMIT_MAX, KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
 from ..auth import require_admin, require_caller
@@ -24,17 +24,15 @@ router = APIRouter(tags=["keys"])
 
 _Limit = Annotated[int | None, Field(ge=0, le=LIMIT_MAX)]
 
-
-class KeyLimitsBody(BaseModel):
-    """Limits of a key; null (or absent at creation) means unlimited."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_concurrent: _Limit = Field(None, description="jobs of this key running at once")
-    max_queued: _Limit = Field(None, description="jobs of this key waiting; beyond it submits get 429")
-    requests_per_minute: _Limit = Field(None, description="accepted submits in any 60 s; beyond it 429")
+#: Limits of a key, one optional field per field of :class:`KeyLimits`; null (or absent at creation): unlimited.
+KeyLimitsBody = create_model(
+    "KeyLimitsBody",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (_Limit, Field(None, description=text)) for name, text in KeyLimits.help().items()},
+)
 
 
-class KeyCreateBody(KeyLimitsBody):
+class KeyCreateBody(KeyLimitsBody):  # type: ignore[misc,valid-type]
     name: str = Field(description="1-64 letters, digits, '.', '_' or '-'; unique")
     admin: bool = Field(False, description="may use /admin/keys")
 
@@ -76,7 +74,10 @@ async def create_key(
 
 @router.patch("/admin/keys/{name}", summary="Change a key's limits (admin); fields left out stay as they are")
 async def set_limits(
-    request: Request, name: str, body: KeyLimitsBody, _: Annotated[Caller, Depends(require_admin)]
+    request: Request,
+    name: str,
+    body: KeyLimitsBody,  # type: ignore[valid-type]
+    _: Annotated[Caller, Depends(require_admin)],
 ) -> dict[str, Any]:
     changes = {field: getattr(body, field) for field in body.model_fields_set}
     try:
