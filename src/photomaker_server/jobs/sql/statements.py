@@ -19,8 +19,7 @@ from .schema import FAIR_ORDER, WITHOUT_INPUT, api_keys, job_logs, jobs
 __all__ = [
     "ADMISSION",
     "CLAIM_NEXT",
-    "CLAIM_NEXT_SKIPPING",
-    "KEY_CONCURRENCY",
+    "CLAIM_NEXT_PG",
     "OWNER_RUNNING",
     "TOUCH_KEY",
     "YIELD_TURN",
@@ -103,7 +102,14 @@ _AT_LIMIT = sa.exists().where(
 )
 
 
-def _claim(skipping: bool) -> sa.Update:
+#: The claimed job's key's ``max_concurrent``, returned with the claim on PostgreSQL (a subquery in RETURNING,
+#: which SQLite does not allow; it needs no second look anyway, its claims run one at a time).
+_KEY_LIMIT = (
+    sa.select(api_keys.c.max_concurrent).where(api_keys.c.owner == _c.owner).scalar_subquery().label("key_limit")
+)
+
+
+def _claim(skipping: bool, with_key_limit: bool = False) -> sa.Update:
     pick = sa.select(_c.id).where(
         _c.status == _QUEUED,
         sa.or_(_c.start_deadline.is_(None), _c.start_deadline >= _p("p_now"), _c.started_at.is_not(None)),
@@ -128,7 +134,7 @@ def _claim(skipping: bool) -> sa.Update:
             lease_owner=_p("p_worker"),
             lease_expires_at=_p("p_expires"),
         )
-        .returning(*jobs.c)
+        .returning(*jobs.c, *([_KEY_LIMIT] if with_key_limit else []))
     )
 
 
@@ -139,12 +145,10 @@ def _claim(skipping: bool) -> sa.Update:
 #: the UPDATE re-checks it is still queued, so it cannot miss; SQLite holds the database's write lock (BEGIN
 #: IMMEDIATE) for the whole transaction.
 CLAIM_NEXT = _claim(skipping=False)
-#: :data:`CLAIM_NEXT` passing over the owners in ``p_skip`` (a retry after a concurrent claim filled one's
-#: ``max_concurrent``; PostgreSQL only, see ``SQLJobStore.claim``).
-CLAIM_NEXT_SKIPPING = _claim(skipping=True)
-
-#: A key's ``max_concurrent`` by owner ``p_owner`` (no row: a key the store does not know, unlimited).
-KEY_CONCURRENCY = sa.select(api_keys.c.max_concurrent).where(api_keys.c.owner == _p("p_owner"))
+#: PostgreSQL: :data:`CLAIM_NEXT` also returning the key's ``max_concurrent`` as ``key_limit``, and the same
+#: passing over the owners in ``p_skip`` (a retry after a concurrent claim filled one's ``max_concurrent``; see
+#: ``SQLJobStore.claim``).
+CLAIM_NEXT_PG = {skipping: _claim(skipping, with_key_limit=True) for skipping in (False, True)}
 #: How many jobs of ``p_owner`` run now.
 OWNER_RUNNING = sa.select(sa.func.count()).select_from(jobs).where(_c.owner == _p("p_owner"), _c.status == _RUNNING)
 

@@ -46,8 +46,7 @@ from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
 from .statements import (
     ADMISSION,
     CLAIM_NEXT,
-    CLAIM_NEXT_SKIPPING,
-    KEY_CONCURRENCY,
+    CLAIM_NEXT_PG,
     OWNER_RUNNING,
     TOUCH_KEY,
     YIELD_TURN,
@@ -232,25 +231,25 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
                     self._requeue_expired(conn, now)
                 self._housekept_at = now
             params = {"p_now": now, "p_worker": worker_id, "p_expires": now + lease_seconds}
-            if skip:
-                row = conn.execute(CLAIM_NEXT_SKIPPING, {**params, "p_skip": skip}).first()
-            else:
+            postgres = self._backend.name == "postgresql"
+            if not postgres:  # one claim at a time (the database lock): the claim's own check is exact
                 row = conn.execute(CLAIM_NEXT, params).first()
+            elif skip:
+                row = conn.execute(CLAIM_NEXT_PG[True], {**params, "p_skip": skip}).first()
+            else:
+                row = conn.execute(CLAIM_NEXT_PG[False], params).first()
             if row is None:
                 return None
-            if self._backend.name == "postgresql":
-                self._check_concurrency(conn, row.owner)
+            if postgres and row.key_limit is not None:
+                self._check_concurrency(conn, row.owner, row.key_limit)
             self._notify(job_topic(row.id))
             return to_job(row)
 
-    def _check_concurrency(self, conn: Connection, owner: str) -> None:
+    def _check_concurrency(self, conn: Connection, owner: str, limit: int) -> None:
         """PostgreSQL: claims in other transactions are invisible to the claim's own check of ``max_concurrent``,
         so two could both take the last slot. The claims of one limited owner queue on a transaction lock here and
         count again, each seeing the ones committed before it; one over the limit rolls back (``_OverLimit``).
         (SQLite needs none of it: its claims run one at a time.)"""
-        limit = conn.execute(KEY_CONCURRENCY, {"p_owner": owner}).scalar()
-        if limit is None:
-            return
         self._backend.lock_key(conn, owner)
         if conn.execute(OWNER_RUNNING, {"p_owner": owner}).scalar_one() > limit:
             raise _OverLimit(owner)
