@@ -50,6 +50,23 @@ def test_three_keys_interleave(store) -> None:
     assert owners == ["A", "B", "C"] * 4
 
 
+def test_two_workers_three_keys_completions_interleave(store) -> None:
+    for owner in ("A", "B", "C"):
+        for i in range(5):
+            store.submit(owner, APP, {"i": i})
+    held = {w: store.claim(w, 30) for w in ("w1", "w2")}
+    completed = []
+    while any(held.values()):
+        for worker, job in held.items():  # the two workers finish in turn, each claiming its next job at once
+            if job is not None:
+                _finish(store, job)
+                completed.append(job.owner)
+                held[worker] = store.claim(worker, 30)
+    assert sorted(completed) == sorted(["A", "B", "C"] * 5)
+    for start in range(0, 15, 3):  # every three completions in a row are one of each key's
+        assert sorted(completed[start:start + 3]) == ["A", "B", "C"], completed
+
+
 def test_priority_still_orders_within_a_key(store) -> None:
     low = [store.submit("A", APP, {"l": i}, priority="low") for i in range(3)]
     normal = [store.submit("A", APP, {"n": i}) for i in range(3)]
