@@ -4,6 +4,11 @@ counted with each state change (once per job, however often it ran)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import date
 
 import pytest
@@ -125,3 +130,24 @@ def test_concurrent_submits_never_overshoot(store, race) -> None:
     assert len(refused) == 5 and len(results) - len(refused) == 3, results
     assert store.counts()["queued"] == 3
     assert store.usage()[0].jobs_submitted == 3
+
+
+def test_usage_and_limits_survive_kill_9(store, db_path) -> None:
+    """A process submitting in a loop is killed with SIGKILL mid-stream: every job it got in is counted, none
+    twice, and the key's limits are still there (all of it lives in the database, written in one transaction)."""
+    store.create_key("busy", "pm_busy", KeyLimits(max_queued=10_000, max_concurrent=3))
+    owner = owner_of("pm_busy")
+    script = ("import sys\nfrom photomaker_server.jobs.sql import SQLJobStore\n"
+              "s = SQLJobStore(sys.argv[1])\nwhile True:\n    s.submit(sys.argv[2], 'fal-ai/photomaker', {})\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(db_path), owner], env=os.environ.copy())
+    try:
+        deadline = time.time() + 60
+        while store.counts()["queued"] < 20:
+            assert time.time() < deadline and child.poll() is None
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    (usage,) = store.usage()
+    assert usage.jobs_submitted == store.counts()["queued"] >= 20
+    assert store.key("busy").limits == KeyLimits(max_queued=10_000, max_concurrent=3)
