@@ -28,6 +28,7 @@ from ..keys import (
     owner_of,
     secret_prefix,
 )
+from ..records import WORK_TOPIC
 from .base import SQLStoreBase
 from .schema import api_keys, jobs, key_usage
 
@@ -90,6 +91,7 @@ class KeysMixin(SQLStoreBase):
             limits = current.limits.updated(changes)
             conn.execute(sa.update(api_keys).where(_k.name == name).values(**limits.as_dict()))
             self._notify(KEYS_TOPIC)
+            self._notify(WORK_TOPIC)  # a raised max_concurrent may make queued jobs claimable for idle workers
         return self.key(name)
 
     @staticmethod
