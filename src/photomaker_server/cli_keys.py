@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import CLIError, HelpFormatter, settings_from_args
-from .jobs.keys import LIMIT_MAX, ApiKey, KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
+from .jobs.keys import ApiKey, KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
 
 __all__ = ["add_keys_command", "run_keys"]
 
 _UNLIMITED = ("none", "unlimited")
 
 
-def _limit(allow_none: bool) -> Callable[[str], int | None]:
+def _limit(allow_none: bool, maximum: int) -> Callable[[str], int | None]:
     def parse(text: str) -> int | None:
         if allow_none and text.strip().lower() in _UNLIMITED:
             return None
@@ -37,8 +37,8 @@ def _limit(allow_none: bool) -> Callable[[str], int | None]:
         except ValueError:
             hint = " or 'none'" if allow_none else ""
             raise argparse.ArgumentTypeError(f"not a whole number{hint}: {text!r}") from None
-        if not 0 <= value <= LIMIT_MAX:
-            raise argparse.ArgumentTypeError(f"must be between 0 and {LIMIT_MAX}, not {value}")
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {maximum}, not {value}")
         return value
 
     return parse
@@ -62,7 +62,8 @@ def _limit_flags(parser: argparse.ArgumentParser, allow_none: bool) -> None:
     """One ``--the-limit N`` flag per field of :class:`KeyLimits`."""
     for field, text in KeyLimits.help().items():
         # ``set``: a flag left out is absent from the namespace (SUPPRESS), so "not given" differs from "none".
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=_limit(allow_none), metavar="N",
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, metavar="N",
+                            type=_limit(allow_none, KeyLimits.maximum(field)),
                             default=argparse.SUPPRESS if allow_none else None,
                             help=text + ("; 'none': unlimited" if allow_none else " (default: unlimited)"))
 

@@ -45,7 +45,7 @@ KEYS_TOPIC = "keys"
 MANAGED_KIND = "managed"
 #: Keys from configuration: registered so they have a name; limits and revocation do not apply to them.
 CONFIG_KIND = "config"
-#: Largest value any limit may take (an "absurd" limit is a typo, not a wish).
+#: Largest value a limit takes unless it says otherwise (an "absurd" limit is a typo, not a wish).
 LIMIT_MAX = 1_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -86,16 +86,17 @@ def check_key_name(name: str) -> str:
     return name
 
 
-def _limit(help: str) -> Any:
-    return field(default=None, metadata={"help": help})
+def _limit(help: str, maximum: int = LIMIT_MAX) -> Any:
+    return field(default=None, metadata={"help": help, "max": maximum})
 
 
 @dataclass(frozen=True)
 class KeyLimits:
     """One owner's limits; None means unlimited. The one place that says what a key may do.
 
-    Adding a limit: a field here (its ``help`` becomes the CLI flag's and the API field's description: ``photomaker
-    keys create/set --the-name N`` and ``/admin/keys`` take it with no further change), its column in
+    Adding a limit: a field here (its ``help`` becomes the CLI flag's and the API field's description, its
+    ``maximum`` their bound: ``photomaker keys create/set --the-name N`` and ``/admin/keys`` take it with no
+    further change), its column in
     ``jobs/sql/schema.py``'s ``api_keys`` plus a migration, and its enforcement where the limited thing happens."""
 
     #: Jobs of this key running at once; the claim skips the key's queued jobs while it is at the limit.
@@ -112,8 +113,8 @@ class KeyLimits:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{f.name} must be a whole number, not {value!r}")
-            if not 0 <= value <= LIMIT_MAX:
-                raise ValueError(f"{f.name} must be between 0 and {LIMIT_MAX}, not {value}")
+            if not 0 <= value <= f.metadata["max"]:
+                raise ValueError(f"{f.name} must be between 0 and {f.metadata['max']}, not {value}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -123,6 +124,11 @@ class KeyLimits:
     def help(cls) -> dict[str, str]:
         """Each limit's description (CLI help, OpenAPI)."""
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+    @classmethod
+    def maximum(cls, name: str) -> int:
+        """The largest value limit ``name`` accepts."""
+        return next(f.metadata["max"] for f in fields(cls) if f.name == name)
 
     def as_dict(self) -> dict[str, int | None]:
         return asdict(self)

@@ -15,20 +15,19 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, create_model, field_validator
 
-from ...jobs.keys import LIMIT_MAX, KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
+from ...jobs.keys import KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
 from ..auth import require_admin, require_caller
 from ..context import get_ctx
 from ..key_cache import Caller
 
 router = APIRouter(tags=["keys"])
 
-_Limit = Annotated[int | None, Field(ge=0, le=LIMIT_MAX)]
-
 #: Limits of a key, one optional field per field of :class:`KeyLimits`; null (or absent at creation): unlimited.
 KeyLimitsBody = create_model(
     "KeyLimitsBody",
     __config__=ConfigDict(extra="forbid"),
-    **{name: (_Limit, Field(None, description=text)) for name, text in KeyLimits.help().items()},
+    **{name: (int | None, Field(None, ge=0, le=KeyLimits.maximum(name), description=text))
+       for name, text in KeyLimits.help().items()},
 )
 
 
