@@ -208,7 +208,9 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin):
             return conn.execute(HAS_WORK, {"p_now": self._clock()}).first() is not None
 
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
-        """Atomically take the next runnable job (highest priority, oldest first) and lease it to ``worker_id``.
+        """Atomically take the next runnable job and lease it to ``worker_id``: keys with queued work take turns
+        (see ``statements.ADMISSION``), a key at its ``max_concurrent`` is passed over, and within a key the
+        highest priority and then the oldest job goes first.
 
         Housekeeping runs in the same transaction first, at most every ``CLAIM_HOUSEKEEPING_S`` per store, so a
         lone worker needs no separate janitor: queued jobs past their start deadline fail with
