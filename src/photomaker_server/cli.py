@@ -3,6 +3,7 @@
     photomaker generate --images a.jpg b.jpg --prompt "a photo of a man img" [--server URL]
     photomaker serve [--tiny] [--port 8000]
     photomaker status REQUEST_ID / photomaker cancel REQUEST_ID
+    photomaker keys create|list|revoke|set|usage   (API keys, limits and usage; see docs/keys.md)
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def _run(argv: list[str] | None) -> int:
 
             settings = settings_from_args(args)
             return print_login_link(settings) if args.command == "login-link" else print_usage(settings, args.json)
+        if args.command == "keys":
+            from .cli_keys import run_keys
+
+            return run_keys(args)
         from .client import cancel_request, show_status
 
         return (show_status if args.command == "status" else cancel_request)(args)

@@ -237,6 +237,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     for admin in (link, usage):
         add_deployment_flags(admin)
         admin.add_argument("--data-dir", type=Path, help=f"the data dir (default: {_setting('data_dir')})")
+    from .cli_keys import add_keys_command  # here, not at the top: cli_keys uses this module's helpers
+
+    add_keys_command(sub)
 
     default_server = os.environ.get("PHOTOMAKER_SERVER", "http://127.0.0.1:8000")
     for name, text in (("status", "show a request's status and logs"), ("cancel", "cancel a request")):

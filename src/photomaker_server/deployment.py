@@ -56,31 +56,40 @@ def open_deployment(settings: Settings) -> Deployment:
     a newer release than this one; callers turn those into one clear line.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.job_database_url
+    store, wakeups = open_job_database(settings)
     try:
-        wakeups = open_wakeups(url)
-    except ValueError as exc:
-        raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
-    store = None
-    try:
-        if isinstance(wakeups, PostgresWakeups):  # the store's own transactions send the NOTIFY: no extra trip
-            store = open_job_store(url, notify_channel=wakeups.channel)
-        else:
-            store = open_job_store(url, publish=wakeups.publish)
         secrets = load_shared_secrets(settings, store)
         signer = WebhookSigner.from_pem(secrets.webhook_key_pem)
         storage = storage_from_settings(settings, secrets.upload_secret)
     except ValueError as exc:
         wakeups.close()
-        if store is not None:
-            store.close()
+        store.close()
         raise DeploymentError(str(exc)) from None
     except BaseException:
         wakeups.close()
-        if store is not None:
-            store.close()
+        store.close()
         raise
     return Deployment(settings, store, wakeups, secrets, signer, storage, DeploymentLimits(settings))
+
+
+def open_job_database(settings: Settings) -> tuple[JobStore, Wakeups]:
+    """The job store and its wake-ups alone (what ``photomaker keys`` needs): the store announces its changes
+    through the wake-ups, so the other processes of the deployment hear of them."""
+    url = settings.job_database_url
+    try:
+        wakeups = open_wakeups(url)
+    except ValueError as exc:
+        raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
+    try:
+        if isinstance(wakeups, PostgresWakeups):  # the store's own transactions send the NOTIFY: no extra trip
+            return open_job_store(url, notify_channel=wakeups.channel), wakeups
+        return open_job_store(url, publish=wakeups.publish), wakeups
+    except ValueError as exc:
+        wakeups.close()
+        raise DeploymentError(str(exc)) from None
+    except BaseException:
+        wakeups.close()
+        raise
 
 
 def _redact(url: str) -> str:

@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=2048, ge=16)
 
     # --- queue --------------------------------------------------------------------------------------
+    #: Deployment-wide cap on queued (waiting) jobs: a submit beyond it gets 503 + Retry-After. 0: no cap.
+    max_queued: int = Field(default=0, ge=0)
     lease_seconds: float = 30.0
     max_attempts: int = 3
     result_ttl_hours: float = 24.0 * 7

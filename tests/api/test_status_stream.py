@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from photomaker_server.api.app import create_app
 from photomaker_server.api.auth import owner_id
+from photomaker_server.jobs.keys import KEYS_TOPIC
 from photomaker_server.settings import APP_ID, Settings
 
 KEY = "stream-test-key"
@@ -25,7 +26,8 @@ def app(tmp_path):
 
 
 def _topics(app) -> dict:  # noqa: ANN001
-    return app.state.ctx.wakeups._hub._topics
+    """Subscribed topics but the key cache's (``keys``: one subscription for the app's lifetime)."""
+    return {t: s for t, s in app.state.ctx.wakeups._hub._topics.items() if t != KEYS_TOPIC}
 
 
 class _CountingStore:

@@ -59,9 +59,11 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def test_every_option_has_help_and_the_help_shows_defaults_and_styles(tmp_path):
     parser = build_parser()
     commands = _subcommands(parser)
-    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db", "login-link", "usage"}
+    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db", "login-link", "usage", "keys"}
     commands.update({f"db {name}": sub for name, sub in _subcommands(commands["db"]).items()})
+    commands.update({f"keys {name}": sub for name, sub in _subcommands(commands["keys"]).items()})
     assert "db upgrade" in commands
+    assert {"keys create", "keys list", "keys revoke", "keys set", "keys usage"} <= set(commands)
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help and action.help.strip(), f"photomaker {name} {action.option_strings or action.dest}"

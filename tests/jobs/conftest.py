@@ -53,3 +53,36 @@ def store(db_path, clock: FakeClock):
     s = SQLJobStore(db_path, clock=clock)
     yield s
     s.close()
+
+
+@pytest.fixture
+def race(db_path, clock: FakeClock):
+    """``race(n, call)``: ``call(store, i)`` in ``n`` threads at once, each on a store of its own (its own
+    connections, as separate processes would have); returns what each call returned (or raised), in order."""
+
+    def run(n: int, call):  # noqa: ANN001, ANN202
+        import threading
+
+        stores = [SQLJobStore(db_path, clock=clock) for _ in range(n)]
+        results: list[object] = [None] * n
+        start = threading.Barrier(n)
+
+        def one(i: int) -> None:
+            start.wait()
+            try:
+                results[i] = call(stores[i], i)
+            except Exception as exc:  # the caller asserts on refusals
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            for s in stores:
+                s.close()
+        return results
+
+    return run

@@ -22,9 +22,9 @@ from .body_limit import BodyLimitMiddleware, limits_for
 from .context import AppContext
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
-from .stored_files import QuotaStorage
 from .connections import ConnectionBudget
-from .routes import files, login, ops, queue
+from .stored_files import QuotaStorage
+from .routes import admin, files, login, ops, queue
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         store=deployment.store,
         wakeups=deployment.wakeups,
         storage=deployment.storage,
-        keys=KeyRing(settings, generated_api_key(settings, deployment.store)),
+        keys=KeyRing(settings, generated_api_key(settings, deployment.store), deployment.store),
         signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         stop = threading.Event()
+        following = None
+        if ctx.keys.cache is not None:  # revocations and new keys from any process, through the wake-ups
+            following = ctx.keys.cache.follow(ctx.wakeups, stop)
         if housekeeping:
             ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage, ctx.signer)
             ctx.housekeeper.start(stop)
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
             yield
         finally:
             stop.set()
+            if following is not None:
+                following.close()
             if ctx.housekeeper:
                 ctx.housekeeper.join()
 
@@ -97,9 +102,10 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     # Added last, so it runs first: the body cap applies before anything reads a byte of the body.
     app.add_middleware(BodyLimitMiddleware,
                        limit_for=limits_for(ctx.settings.max_request_bytes, ctx.settings.max_download_bytes))
-    # Order matters: fixed paths (files, ops) before queue's /{owner}/{alias} patterns.
+    # Order matters: fixed paths (ops, admin, files) before queue's /{owner}/{alias} patterns.
     app.include_router(ops.router)
     app.include_router(login.router)
+    app.include_router(admin.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     app.mount("/static", StaticFiles(directory=str(resources.files("photomaker_server") / "web")), name="static")

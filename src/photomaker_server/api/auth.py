@@ -1,25 +1,29 @@
 """API keys: ``Authorization: Key <key>``, as fal's clients send it.
 
 A request belongs to the key that made it (its *owner*, a hash of the key, so keys never sit in the database).
-With no key configured, one is generated on first start and kept in the job database, so every replica accepts it
-(``shared_secrets``); a copy in the data dir (mode 0600) is where the local CLI and the web page (from localhost
-only) pick it up.
+Two kinds of key are accepted: managed keys (``photomaker keys create``, stored as hashes in the job database and
+cached in every API process, ``key_cache.py``) and keys from configuration. With no key configured, one is
+generated on first start and kept in the job database, so every replica accepts it (``shared_secrets``); a copy in
+the data dir (mode 0600) is where the local CLI and the web page (from localhost only) pick it up. Configured keys
+are registered in the database under stable names (``config-1``, …) for listings, usage and metrics.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from ..jobs.keys import MANAGED_KIND, owner_of
+from ..jobs.protocol import JobStore
 from ..settings import LOCAL_KEY_FILE, Settings
 from ..shared_secrets import GeneratedKey
+from .key_cache import Caller, KeyCache
 
-def owner_id(key: str) -> str:
-    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+#: The owner id of a key (kept under this name for callers of earlier releases).
+owner_id = owner_of
 
 
 def _same(a: str, b: str) -> bool:
@@ -35,7 +39,7 @@ class KeyRing:
     an operator put there.
     """
 
-    def __init__(self, settings: Settings, generated: GeneratedKey | None = None) -> None:
+    def __init__(self, settings: Settings, generated: GeneratedKey | None = None, store: JobStore | None = None) -> None:
         configured = list(settings.api_keys)
         path = settings.data_dir / LOCAL_KEY_FILE
         file_key = (path.read_text().strip() or None) if path.is_file() else None
@@ -43,8 +47,17 @@ class KeyRing:
         self.local_key = file_key or (generated.key if generated else None)
         candidates = [*configured, file_key, generated.key if generated else None]
         self.keys = list(dict.fromkeys(k for k in candidates if k))
+        #: Managed keys and every key's name; None when built without a store (then configured keys only).
+        self.cache: KeyCache | None = None
+        self._names: dict[str, str] = {}
+        if store is not None:
+            self._names = store.register_configured_keys(self.keys)
+            self.cache = KeyCache(store)
+            self.cache.reload()
 
-    def owner_for(self, authorization: str | None) -> str | None:
+    def identify(self, authorization: str | None) -> Caller | None:
+        """Who sent ``Authorization``; None for a missing, malformed, unknown or revoked key. No database read:
+        managed keys come from the process's cache."""
         if not authorization:
             return None
         scheme, _, key = authorization.partition(" ")
@@ -52,8 +65,18 @@ class KeyRing:
             return None
         key = key.strip()
         if any(_same(key, known) for known in self.keys):
-            return owner_id(key)
-        return None
+            owner = owner_id(key)
+            named = self.cache.by_owner(owner) if self.cache else None
+            return Caller(owner=owner, name=named.name if named else self._names.get(owner))
+        managed = self.cache.managed(key) if self.cache else None
+        if managed is None or managed.revoked:
+            return None
+        return Caller(owner=managed.owner, name=managed.name, admin=managed.admin, limits=managed.limits,
+                      kind=MANAGED_KIND)
+
+    def owner_for(self, authorization: str | None) -> str | None:
+        caller = self.identify(authorization)
+        return caller.owner if caller else None
 
 
 #: fal's key header as an OpenAPI security scheme: the API docs get an Authorize dialog, and every route that
@@ -67,13 +90,27 @@ KEY_HEADER = APIKeyHeader(
 )
 
 
-def require_owner(request: Request, authorization: Annotated[str | None, Security(KEY_HEADER)] = None) -> str:
-    """FastAPI dependency: the owner id of a valid key, else 401 in fal's error shape."""
-    owner = request.app.state.ctx.keys.owner_for(authorization)
-    if owner is None:
+def require_caller(request: Request, authorization: Annotated[str | None, Security(KEY_HEADER)] = None) -> Caller:
+    """FastAPI dependency: who a valid key belongs to, else 401 in fal's error shape (before anything is looked
+    up, so an unknown or revoked key never learns whether a request id exists)."""
+    caller = request.app.state.ctx.keys.identify(authorization)
+    if caller is None:
         raise HTTPException(
             status_code=401,
             detail="Missing or invalid API key: send 'Authorization: Key <key>'",
             headers={"X-Fal-Error-Type": "unauthorized"},
         )
-    return owner
+    return caller
+
+
+def require_owner(caller: Annotated[Caller, Depends(require_caller)]) -> str:
+    """FastAPI dependency: the owner id of a valid key, else 401."""
+    return caller.owner
+
+
+def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
+    """FastAPI dependency: an admin key (``photomaker keys create NAME --admin``), else 403."""
+    if not caller.admin:
+        raise HTTPException(403, "This operation needs an admin key (photomaker keys create NAME --admin)",
+                            headers={"X-Fal-Error-Type": "forbidden"})
+    return caller

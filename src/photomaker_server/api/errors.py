@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from ..contract.request import error_details
+from ..jobs.keys import KeyRevoked, LimitExceeded, QueueFull
 from ..jobs.records import StoreUnavailable
 from ..limits import QuotaExceeded
 from ..storage.base import StorageUnavailable
@@ -126,6 +127,16 @@ async def _client_disconnect_handler(request: Request, exc: ClientDisconnect) ->
     """The client went away (or was cut off by a body deadline, ``http_server.py``) while sending its body: nobody is
     left to answer, and it is no server error worth a traceback."""
     return error_response(499, "Client disconnected", "client_cancelled")
+async def _limit_exceeded_handler(request: Request, exc: LimitExceeded) -> JSONResponse:
+    """A key's limit (429) or the deployment's queue cap (503): fal's error body naming the limit, with
+    Retry-After. Nothing was stored."""
+    status, error_type = (503, "queue_full") if isinstance(exc, QueueFull) else (429, "rate_limited")
+    return error_response(status, exc.detail, error_type, {"Retry-After": str(exc.retry_after_s)})
+
+
+async def _revoked_handler(request: Request, exc: KeyRevoked) -> JSONResponse:
+    """A key revoked between its (cached) check and the submit's transaction: the same 401 as afterwards."""
+    return error_response(401, "Missing or invalid API key: send 'Authorization: Key <key>'", "unauthorized")
 
 
 def install(app) -> None:  # noqa: ANN001
@@ -134,4 +145,6 @@ def install(app) -> None:  # noqa: ANN001
     app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
     app.add_exception_handler(QuotaExceeded, _quota_exceeded_handler)
     app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
+    app.add_exception_handler(LimitExceeded, _limit_exceeded_handler)
+    app.add_exception_handler(KeyRevoked, _revoked_handler)
     app.add_exception_handler(HTTPException, _http_exception_handler)

@@ -93,6 +93,34 @@ class ClusterCollector(Collector):
             "photomaker_id_cache_misses", "ID photos that went through the vision encoder.",
             value=_total(workers, "id_cache_misses"),
         )
+        yield from _per_key(self.store)
+
+
+#: Per-key usage counters (``key_usage`` summed over all days): metric name → (help, usage field).
+_KEY_COUNTERS = {
+    "photomaker_key_jobs_submitted": ("Requests accepted, per key.", "jobs_submitted"),
+    "photomaker_key_jobs_completed": ("Requests completed successfully, per key.", "jobs_completed"),
+    "photomaker_key_jobs_failed": ("Requests that failed, per key.", "jobs_failed"),
+    "photomaker_key_jobs_cancelled": ("Requests cancelled, per key.", "jobs_cancelled"),
+    "photomaker_key_images": ("Images generated, per key.", "images"),
+    "photomaker_key_inference_seconds": ("Generation time, per key.", "inference_seconds"),
+}
+
+
+def _per_key(store: JobStore) -> Iterator[Metric]:
+    """Series labelled by key *name* (never the secret): usage counters, and queued / running jobs now."""
+    usage = store.usage()
+    for metric, (text, field) in _KEY_COUNTERS.items():
+        family = CounterMetricFamily(metric, text, labels=["key"])
+        for row in usage:
+            family.add_metric([row.name], float(getattr(row, field)))
+        yield family
+    load = store.key_load()
+    jobs = GaugeMetricFamily("photomaker_key_jobs", "Requests per key now, by state.", labels=["key", "state"])
+    for row in usage:
+        for state in ("queued", "running"):
+            jobs.add_metric([row.name, state], load.get(row.name, {}).get(state, 0))
+    yield jobs
 
 
 def metrics_registry(store: JobStore) -> CollectorRegistry:

@@ -9,9 +9,11 @@ Times are float epoch seconds from the store's clock. Every method raises
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any, Protocol
 
 from ..limits import StorageQuota, StorageUsage
+from .keys import ApiKey, KeyLimits, KeyUsage
 from .records import CancelOutcome, Delivery, Job, LeaseState, LogLine, WorkerInfo
 
 __all__ = ["JobStore"]
@@ -29,8 +31,11 @@ class JobStore(Protocol):
         start_deadline: float | None = None,
         webhook_url: str | None = None,
         max_attempts: int = 3,
+        max_queued_total: int | None = None,
     ) -> Job:
-        """The queued job, its ``queue_position`` counted as it was queued."""
+        """The queued job, its ``queue_position`` counted as it was queued. Raises ``KeyRevoked``,
+        ``LimitExceeded`` (the owner's key limits) or ``QueueFull`` (``max_queued_total``), checked in the same
+        transaction; nothing is stored then."""
         ...
 
     def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None: ...
@@ -78,6 +83,23 @@ class JobStore(Protocol):
     def outcomes(self) -> dict[str, int]: ...
 
     def now(self) -> float: ...
+
+    # -- keys (jobs/keys.py) --
+    def create_key(self, name: str, secret: str, limits: KeyLimits = ..., *, admin: bool = False) -> ApiKey: ...
+
+    def key(self, name: str) -> ApiKey: ...
+
+    def list_keys(self) -> list[ApiKey]: ...
+
+    def revoke_key(self, name: str) -> ApiKey: ...
+
+    def set_key_limits(self, name: str, changes: dict[str, int | None]) -> ApiKey: ...
+
+    def register_configured_keys(self, secrets: list[str]) -> dict[str, str]: ...
+
+    def usage(self, since: date | None = None) -> list[KeyUsage]: ...
+
+    def key_load(self) -> dict[str, dict[str, int]]: ...
 
     # -- webhook outbox --
     def due_webhooks(

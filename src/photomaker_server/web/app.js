@@ -358,8 +358,36 @@ async function initApiKey() {
     // The local key is fetched afresh on every visit (the session cookie), so only a typed key is worth keeping.
     store.set(KEY_STORE, value && value !== state.localKey ? value : null);
     describe();
+    showKeyInfo();
   });
   describe();
+  showKeyInfo();
+}
+
+// The key's name and limits (GET /api/key), so a user of a shared deployment sees what their key may do.
+async function showKeyInfo() {
+  const info = $("#key-info");
+  if (!info) return;
+  info.textContent = "";
+  const key = $("#api-key").value.trim() || state.localKey;
+  if (!key) return;
+  try {
+    const response = await fetch(endpoint("api/key"), { headers: { ...authHeaders(), Accept: "application/json" } });
+    if (response.status === 401) {
+      info.textContent = "This key is not accepted by the server (unknown or revoked).";
+      return;
+    }
+    if (!response.ok) return;
+    const data = await response.json();
+    const names = { max_concurrent: "running at once", max_queued: "waiting", requests_per_minute: "per minute" };
+    const limits = Object.entries(data.limits || {})
+      .filter(([, value]) => value !== null && value !== undefined)
+      .map(([name, value]) => `${value} ${names[name] || name}`);
+    info.textContent = `Key “${data.name || "unnamed"}”${data.admin ? " (admin)" : ""}: ` +
+      (limits.length ? `limits ${limits.join(", ")}.` : "no limits.");
+  } catch {
+    /* no server: nothing to show */
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         start_deadline=start_deadline,
         webhook_url=webhook,
         max_attempts=ctx.settings.max_attempts,
+        max_queued_total=ctx.settings.max_queued or None,
     )
 
 

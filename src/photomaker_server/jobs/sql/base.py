@@ -21,10 +21,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..records import MAX_LOG_MESSAGE_CHARS, LogLine, job_topic, log_topic, normalise_level, topics_to_announce
+from ..records import (
+    ERROR_TYPE_CANCELLED,
+    MAX_LOG_MESSAGE_CHARS,
+    LogLine,
+    job_topic,
+    log_topic,
+    normalise_level,
+    topics_to_announce,
+)
 from .connect import backend_for, database_url, unavailable
 from .rows import dumps
-from .schema import webhook_deliveries
+from .schema import key_usage, webhook_deliveries
 from .schema_version import upgrade_engine
 from .statements import FINISH_HELD, INSERT_LOG, finish_where, insert_job
 
@@ -51,6 +59,7 @@ class SQLStoreBase:
         self._housekept_at = float("-inf")
         #: The one statement on the job path that depends on the backend (how it numbers submissions).
         self._insert_job = insert_job(self._backend.next_seq_expression())
+        self._add_usage = _usage_upsert(self._backend.insert(key_usage))
         self._engine = self._backend.create_engine(self.url)
         self._clock = clock
         self._publish = publish
@@ -159,6 +168,14 @@ class SQLStoreBase:
             self._notify(log_topic(job_id))
         return LogLine(id=int(res.inserted_primary_key[0]), ts=ts, level=level, message=message)
 
+    def _count_usage(self, conn: Connection, owner: str, now: float, **deltas: float) -> None:
+        """Add ``deltas`` (``jobs_submitted=1``, ``images=2``, …) to ``owner``'s usage of ``now``'s UTC day, in
+        the caller's transaction: the one that changes the job's state, so the counts cannot drift from it."""
+        values = dict.fromkeys(_USAGE_COUNTERS, 0)
+        values.update(deltas)
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        conn.execute(self._add_usage, {"p_owner": owner, "p_day": day, **{f"p_{k}": v for k, v in values.items()}})
+
     def _finish(
         self,
         conn: Connection,
@@ -185,6 +202,12 @@ class SQLStoreBase:
             return False
         self._notify(job_topic(job_id))
         owner, url = row
+        # A job reaches ``completed`` once (every finish is guarded), so it is counted once however often it ran.
+        outcome = ("jobs_completed" if error is None else
+                   "jobs_cancelled" if error_type == ERROR_TYPE_CANCELLED else "jobs_failed")
+        images = len((result or {}).get("images") or []) if error is None else 0
+        self._count_usage(conn, owner, now, **{outcome: 1}, images=images,
+                          inference_seconds=float(inference_time or 0.0))
         if url:
             # Only the address: the dispatcher renders the body when it posts (see jobs.webhooks).
             conn.execute(
@@ -193,3 +216,19 @@ class SQLStoreBase:
                 )
             )
         return True
+
+
+_USAGE_COUNTERS = ("jobs_submitted", "jobs_completed", "jobs_failed", "jobs_cancelled", "images", "inference_seconds")
+
+
+def _usage_upsert(insert: Any) -> Any:
+    """``INSERT … ON CONFLICT (owner, day) DO UPDATE`` adding the ``p_*`` deltas to a usage row (built once per
+    store: the backend's INSERT construct)."""
+    stmt = insert.values(
+        owner=sa.bindparam("p_owner"), day=sa.bindparam("p_day"),
+        **{k: sa.bindparam(f"p_{k}") for k in _USAGE_COUNTERS},
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[key_usage.c.owner, key_usage.c.day],
+        set_={k: key_usage.c[k] + stmt.excluded[k] for k in _USAGE_COUNTERS},
+    )

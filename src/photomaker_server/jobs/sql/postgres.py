@@ -81,6 +81,17 @@ class PostgresBackend:
         """Serialise schema checks and upgrades across processes until this transaction ends."""
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
 
+    @staticmethod
+    def lock_key(conn: Connection, owner: str) -> None:
+        """Serialise the claims of one owner until this transaction ends (a transaction-scoped advisory lock in
+        the second key space, apart from the migration lock's). Not the key's row: a submit holds that while it
+        may wait for a job row a claim holds."""
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_KEY_LOCK_SPACE, sa.func.hashtext(owner))))
+
+
+#: First half of the two-int advisory lock keys that serialise one owner's claims.
+_KEY_LOCK_SPACE = 0x504D4B  # "PMK"
+
 
 def _note_idle(_dbapi_connection: Any, record: Any) -> None:
     record.info[_IDLE_SINCE] = time.monotonic()

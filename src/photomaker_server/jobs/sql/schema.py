@@ -10,11 +10,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "FAIR_ORDER",
     "JOBS_SEQUENCE",
     "WITHOUT_INPUT",
     "QUEUE_ORDER",
+    "api_keys",
     "job_logs",
     "jobs",
+    "key_usage",
     "metadata",
     "secrets",
     "storage_owners",
@@ -54,10 +57,16 @@ jobs = sa.Table(
     sa.Column("error_type", sa.Text),
     sa.Column("inference_time", sa.Double),
     sa.Column("webhook_url", sa.Text),
+    # Fair scheduling between owners (keys): the job's turn, given at submit (see statements.NEXT_TURN). The claim
+    # takes the lowest turn first, so owners with queued work take turns; FIFO and priority hold within an owner.
+    sa.Column("turn", sa.BigInteger, nullable=False, server_default="0"),
 )
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
 sa.Index("ix_jobs_finished", jobs.c.status, jobs.c.finished_at)
 sa.Index("ix_jobs_owner", jobs.c.owner)
+sa.Index("ix_jobs_fair", jobs.c.status, jobs.c.turn, jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq)
+sa.Index("ix_jobs_owner_turn", jobs.c.owner, jobs.c.status, jobs.c.priority, jobs.c.turn)
+sa.Index("ix_jobs_owner_created", jobs.c.owner, jobs.c.created_at)
 
 job_logs = sa.Table(
     "job_logs",
@@ -152,8 +161,42 @@ used_tokens = sa.Table(
     sa.Column("expires_at", sa.Double, nullable=False),
 )
 
+#: API keys: managed ones (secret hash, limits, revocation) and the configured ones registered under their names.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("max_concurrent", sa.Integer),
+    sa.Column("max_queued", sa.Integer),
+    sa.Column("requests_per_minute", sa.Integer),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("last_used_at", sa.Double),
+    sa.Column("revoked_at", sa.Double),
+)
+
+#: Usage per owner and UTC day, updated in the transactions that change a job's state (so it cannot drift).
+key_usage = sa.Table(
+    "key_usage",
+    metadata,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    sa.Column("jobs_submitted", sa.Integer, nullable=False),
+    sa.Column("jobs_completed", sa.Integer, nullable=False),
+    sa.Column("jobs_failed", sa.Integer, nullable=False),
+    sa.Column("jobs_cancelled", sa.Integer, nullable=False),
+    sa.Column("images", sa.Integer, nullable=False),
+    sa.Column("inference_seconds", sa.Double, nullable=False),
+)
+
 #: Every job column but the input (see ``Job.input``).
 WITHOUT_INPUT = [c for c in jobs.c if c.name != "input"]
 
 #: Queue order: priority first, then first come first served.
 QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.seq, jobs.c.id)
+#: Claim order: by turn (owners take turns), then :data:`QUEUE_ORDER`.
+FAIR_ORDER = (jobs.c.turn, *QUEUE_ORDER)

@@ -106,3 +106,7 @@ class SQLiteBackend:
     @staticmethod
     def lock_migrations(conn: Connection) -> None:
         """Nothing to do: the migration transaction is BEGIN IMMEDIATE (see :meth:`prepare_write`)."""
+
+    @staticmethod
+    def lock_key(conn: Connection, owner: str) -> None:
+        """Nothing to do: every writing transaction holds the database lock."""

@@ -37,13 +37,20 @@ from ..records import (
     job_topic,
     parse_priority,
 )
+from ..keys import KeyRevoked, LimitExceeded, QueueFull
 from .cluster import ClusterMixin
+from .keys import KeysMixin
 from .outbox import OutboxMixin
 from .quota import QuotaMixin
 from .rows import chunks, dumps, to_job, to_log_line
 from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
 from .statements import (
+    ADMISSION,
     CLAIM_NEXT,
+    CLAIM_NEXT_PG,
+    OWNER_RUNNING,
+    TOUCH_KEY,
+    YIELD_TURN,
     GET_JOB,
     HAS_WORK,
     HOUSEKEEPING_DUE,
@@ -64,7 +71,19 @@ _RUNNING = JobStatus.RUNNING.value
 _COMPLETED = JobStatus.COMPLETED.value
 
 
-class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
+#: Seconds a client refused for a full queue (its key's ``max_queued``, or the deployment's) should wait: queued
+#: jobs leave as fast as workers take them, which the store cannot foresee; a few seconds is a polite poll.
+QUEUE_RETRY_AFTER_S = 5
+
+
+class _OverLimit(Exception):
+    """A claim took a job of an owner that a concurrent claim had just brought to its ``max_concurrent``."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+
+class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
     """:class:`~photomaker_server.jobs.protocol.JobStore` on SQLite or PostgreSQL. Open one per process; it is
     safe to share between threads.
 
@@ -87,11 +106,15 @@ class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
         start_deadline: float | None = None,
         webhook_url: str | None = None,
         max_attempts: int = 3,
+        max_queued_total: int | None = None,
     ) -> Job:
         """Queue a request. ``start_deadline`` is absolute epoch seconds (now + X-Fal-Request-Timeout).
 
-        The returned job carries its ``queue_position``, counted in the same transaction (what the submit answer
-        reports, without a second trip to the database).
+        Checked in the same transaction, so they hold however many replicas submit at once: the owner's key
+        (revoked: :class:`KeyRevoked`; its ``max_queued`` and ``requests_per_minute``: :class:`LimitExceeded`) and
+        ``max_queued_total``, the deployment's cap on queued jobs (:class:`QueueFull`). A refused submit stores
+        nothing. The returned job carries its ``queue_position``, counted in the same transaction (what the submit
+        answer reports, without a second trip to the database).
         """
         prio = parse_priority(priority)
         if max_attempts < 1:
@@ -102,15 +125,59 @@ class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
                   "priority": prio, "created_at": now, "start_deadline": start_deadline, "attempts": 0,
                   "max_attempts": max_attempts, "cancel_requested": False, "webhook_url": webhook_url or None}
         with self._write() as conn:
-            row = conn.execute(self._insert_job, values).one()  # the stored row (its seq): no second read
+            # First, so the key's row lock orders this key's submits (PostgreSQL) before anything is counted.
+            key = conn.execute(TOUCH_KEY, {"p_owner": owner, "p_now": now}).first()
+            if key is not None and key.revoked_at is not None:
+                raise KeyRevoked(owner)
+            key_limits = key is not None and (key.max_queued is not None or key.requests_per_minute is not None)
+            cap = max_queued_total is not None and max_queued_total > 0
+            params = {"p_owner": owner, "p_priority": prio, "p_since": now - 60.0}
+            seen = conn.execute(ADMISSION[key_limits, cap], params).one()
+            if key_limits:
+                self._check_key_limits(key, seen, now)
+            if cap and seen.queued >= max_queued_total:
+                raise QueueFull("queue", f"The service's queue is full ({max_queued_total} requests waiting); "
+                                "retry later", QUEUE_RETRY_AFTER_S)
+            turn, lower_first = self._turn(seen)
+            if lower_first is not None:
+                conn.execute(YIELD_TURN, {"p_owner": owner, "p_priority": prio, "p_turn": turn})
+            row = conn.execute(self._insert_job, {**values, "turn": turn}).one()  # the stored row: no second read
             job = to_job(row)
+            self._count_usage(conn, owner, now, jobs_submitted=1)
             position = conn.execute(
-                POSITION_OF_SEQ, {"p_priority": prio, "p_created_at": now, "p_seq": row.seq, "p_now": now}
+                POSITION_OF_SEQ,
+                {"p_priority": prio, "p_created_at": now, "p_seq": row.seq, "p_turn": turn, "p_now": now},
             ).scalar_one()
             # Only idle workers are told: nobody can follow this job before its id is returned.
             self._insert_log(conn, job_id, "Request queued", "INFO", now, announce=False)
             self._notify(WORK_TOPIC)
         return replace(job, queue_position=int(position))
+
+    @staticmethod
+    def _turn(seen: Any) -> tuple[int, int | None]:
+        """The new job's turn (see ``statements.ADMISSION``): after the owner's jobs of its priority or higher,
+        not before the turn served now, and before the owner's queued jobs of lower priority (whose first turn
+        is returned too: None when there are none, so nothing has to move back)."""
+        row = seen._mapping
+        last = [v for name, v in row.items() if name.startswith("last_") and v is not None]
+        lower = [v for name, v in row.items() if name.startswith("lower_") and v is not None]
+        lower_first = min(lower) if lower else None
+        turn = int(seen.current) if lower_first is None else min(int(seen.current), int(lower_first))
+        if last:
+            turn = max(turn, int(max(last)) + 1)
+        return turn, lower_first
+
+    @staticmethod
+    def _check_key_limits(key: Any, seen: Any, now: float) -> None:
+        if key.max_queued is not None and seen.owner_queued >= key.max_queued:
+            raise LimitExceeded(
+                "max_queued", f"Too many requests waiting for this key: {seen.owner_queued} queued, its limit is "
+                f"{key.max_queued} (max_queued); retry when some have started", QUEUE_RETRY_AFTER_S)
+        if key.requests_per_minute is not None and seen.recent >= key.requests_per_minute:
+            wait = (seen.recent_first + 60.0 - now) if seen.recent_first is not None else 60.0
+            raise LimitExceeded(
+                "requests_per_minute", f"Too many requests for this key: {seen.recent} accepted in the last "
+                f"minute, its limit is {key.requests_per_minute} (requests_per_minute)", int(wait) + 1)
 
     def get(self, job_id: str, owner: str | None = None, *, with_input: bool = True) -> Job | None:
         """The job, or None when it does not exist or (``owner`` given) belongs to someone else.
@@ -142,13 +209,23 @@ class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
             return conn.execute(HAS_WORK, {"p_now": self._clock()}).first() is not None
 
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
-        """Atomically take the next runnable job (highest priority, oldest first) and lease it to ``worker_id``.
+        """Atomically take the next runnable job and lease it to ``worker_id``: keys with queued work take turns
+        (see ``statements.ADMISSION``), a key at its ``max_concurrent`` is passed over, and within a key the
+        highest priority and then the oldest job goes first.
 
         Housekeeping runs in the same transaction first, at most every ``CLAIM_HOUSEKEEPING_S`` per store, so a
         lone worker needs no separate janitor: queued jobs past their start deadline fail with
         ``request_timeout``, and jobs of a worker that died (lease expired) are requeued or given up. (In between,
         a job past its start deadline is never claimed; it waits for the next round to be failed.)
         """
+        skip: list[str] = []
+        while True:
+            try:
+                return self._claim_once(worker_id, lease_seconds, skip)
+            except _OverLimit as over:  # rolled back; rare: two claims for one limited key at once
+                skip.append(over.owner)
+
+    def _claim_once(self, worker_id: str, lease_seconds: float, skip: list[str]) -> Job | None:
         now = self._clock()
         with self._write() as conn:
             if abs(now - self._housekept_at) >= CLAIM_HOUSEKEEPING_S:
@@ -157,11 +234,28 @@ class SQLJobStore(OutboxMixin, ClusterMixin, QuotaMixin):
                     self._requeue_expired(conn, now)
                 self._housekept_at = now
             params = {"p_now": now, "p_worker": worker_id, "p_expires": now + lease_seconds}
-            row = conn.execute(CLAIM_NEXT, params).first()
+            postgres = self._backend.name == "postgresql"
+            if not postgres:  # one claim at a time (the database lock): the claim's own check is exact
+                row = conn.execute(CLAIM_NEXT, params).first()
+            elif skip:
+                row = conn.execute(CLAIM_NEXT_PG[True], {**params, "p_skip": skip}).first()
+            else:
+                row = conn.execute(CLAIM_NEXT_PG[False], params).first()
             if row is None:
                 return None
+            if postgres and row.key_limit is not None:
+                self._check_concurrency(conn, row.owner, row.key_limit)
             self._notify(job_topic(row.id))
             return to_job(row)
+
+    def _check_concurrency(self, conn: Connection, owner: str, limit: int) -> None:
+        """PostgreSQL: claims in other transactions are invisible to the claim's own check of ``max_concurrent``,
+        so two could both take the last slot. The claims of one limited owner queue on a transaction lock here and
+        count again, each seeing the ones committed before it; one over the limit rolls back (``_OverLimit``).
+        (SQLite needs none of it: its claims run one at a time.)"""
+        self._backend.lock_key(conn, owner)
+        if conn.execute(OWNER_RUNNING, {"p_owner": owner}).scalar_one() > limit:
+            raise _OverLimit(owner)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> LeaseState:
         """Extend the lease while the worker still holds it; also tells it whether to stop (cancel)."""
