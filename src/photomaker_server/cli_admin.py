@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import time
 
-from .api.auth import KeyRing, owner_id
+from .api.auth import KeyRing
 from .api.login import login_link
 from .cli_args import CLIError
 from .deployment import open_deployment
+from .limits import KeyedLimits
 from .settings import Settings
 from .shared_secrets import generated_api_key
 
@@ -31,27 +32,23 @@ def print_login_link(settings: Settings) -> int:
     return 0
 
 
-def _key_names(settings: Settings, keys: KeyRing) -> dict[str, str]:
-    """Owner id → how an operator knows the key (never the key itself)."""
-    names = {owner_id(k): f"PHOTOMAKER_API_KEYS #{i + 1}" for i, k in enumerate(settings.api_keys)}
-    if keys.local_key:
-        names.setdefault(owner_id(keys.local_key), "local key (data dir api-key)")
-    return names
-
-
 def print_usage(settings: Settings, as_json: bool) -> int:
     """Unexpired stored files and bytes per key against the quota, most bytes first."""
     deployment = open_deployment(settings)
     try:
-        names = _key_names(settings, KeyRing(settings, generated_api_key(settings, deployment.store)))
+        # Registers the configured keys under their names (config-N), as a server does: the names `keys list` shows.
+        KeyRing(settings, generated_api_key(settings, deployment.store), deployment.store)
+        keys = {key.owner: key for key in deployment.store.list_keys()}
+        limits = KeyedLimits(deployment.limits, keys.get)
         usage = deployment.store.storage_usage()
-        quotas = {item.owner: deployment.limits.for_owner(item.owner).storage for item in usage}
+        quotas = {item.owner: limits.for_owner(item.owner).storage for item in usage}
     finally:
         deployment.close()
     rows = []
     for item in usage:
         quota = quotas[item.owner]
-        rows.append({"owner": item.owner, "key": names.get(item.owner), "files": item.files, "bytes": item.bytes,
+        key = keys.get(item.owner)
+        rows.append({"owner": item.owner, "key": key.name if key else None, "files": item.files, "bytes": item.bytes,
                      "max_files": quota.max_files, "max_bytes": quota.max_bytes})
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -65,7 +65,8 @@ def _limit_flags(parser: argparse.ArgumentParser, allow_none: bool) -> None:
         parser.add_argument("--" + field.replace("_", "-"), dest=field, metavar="N",
                             type=_limit(allow_none, KeyLimits.maximum(field)),
                             default=argparse.SUPPRESS if allow_none else None,
-                            help=text + ("; 'none': unlimited" if allow_none else " (default: unlimited)"))
+                            help=text + (f"; 'none': {KeyLimits.unset(field)}" if allow_none
+                                         else f" (default: {KeyLimits.unset(field)})"))
 
 
 def add_keys_command(sub: Any) -> None:

@@ -10,13 +10,15 @@ Torch-free and dependency-free: the API, the job store and the CLI all import it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from .jobs.keys import ApiKey
 from .settings import Settings
 
-__all__ = ["DeploymentLimits", "KeyLimits", "LimitsPolicy", "QuotaExceeded", "StorageQuota", "StorageUsage",
-           "UploadAlreadyCharged"]
+__all__ = ["DeploymentLimits", "KeyLimits", "KeyedLimits", "LimitsPolicy", "QuotaExceeded", "StorageQuota",
+           "StorageUsage", "UploadAlreadyCharged"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,30 @@ class DeploymentLimits:
         return self._limits
 
 
+class KeyedLimits:
+    """The deployment's default, with a managed key's own storage quota where it sets one
+    (``photomaker keys create/set --storage-quota-bytes N --storage-quota-files N``).
+
+    ``key_of`` finds the key of an owner id without a database read where it can: the API passes its key cache
+    (``api/key_cache.py``), which every change reaches through the ``keys`` wake-up; the CLI a table it read once.
+    """
+
+    def __init__(self, default: LimitsPolicy, key_of: Callable[[str], ApiKey | None]) -> None:
+        self._default, self._key_of = default, key_of
+
+    def for_owner(self, owner: str) -> KeyLimits:
+        limits = self._default.for_owner(owner)
+        key = self._key_of(owner)
+        if key is None:
+            return limits
+        own, default = key.limits, limits.storage
+        quota = StorageQuota(
+            default.max_bytes if own.storage_quota_bytes is None else _cap(own.storage_quota_bytes),
+            default.max_files if own.storage_quota_files is None else _cap(own.storage_quota_files),
+        )
+        return replace(limits, storage=quota)
+
+
 class QuotaExceeded(Exception):
     """Storing would take a key over its storage quota; nothing was stored. ``what`` is ``"bytes"`` or
     ``"files"``."""
@@ -80,11 +106,11 @@ class QuotaExceeded(Exception):
         self.what, self.usage, self.quota = what, usage, quota
         if what == "files":
             message = (f"storage quota exceeded: this key has {usage.files} stored files, the limit is "
-                       f"{quota.max_files} (PHOTOMAKER_STORAGE_QUOTA_FILES); stored files expire with the retention "
+                       f"{quota.max_files} (the key's own quota, else PHOTOMAKER_STORAGE_QUOTA_FILES); stored files expire with the retention "
                        "time")
         else:
             message = (f"storage quota exceeded: this key has {usage.bytes} bytes stored, {adding_bytes} more would "
-                       f"pass the limit of {quota.max_bytes} (PHOTOMAKER_STORAGE_QUOTA_BYTES); stored files expire "
+                       f"pass the limit of {quota.max_bytes} (the key's own quota, else PHOTOMAKER_STORAGE_QUOTA_BYTES); stored files expire "
                        "with the retention time")
         super().__init__(message)
         self.message = message

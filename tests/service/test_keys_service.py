@@ -134,7 +134,8 @@ def test_admin_http_and_visibility(server) -> None:
         assert time.time() < deadline
         time.sleep(0.02)
     assert me.json() == {"name": "app2", "kind": "managed", "admin": False,
-                         "limits": {"max_concurrent": 2, "max_queued": 5, "requests_per_minute": 1}}
+                         "limits": {"max_concurrent": 2, "max_queued": 5, "requests_per_minute": 1,
+                                    "storage_quota_bytes": None, "storage_quota_files": None}}
     assert plain.get("/api/key").json()["name"].startswith("config-")
     assert submit(app2, body()).status_code == 200
     second = submit(app2, body())

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from helpers import image_bytes, make_face
 from photomaker_server.api.app import create_app
+from photomaker_server.jobs.keys import KeyLimits, new_secret
 from photomaker_server.settings import APP_ID, Settings
 
 ALICE, BOB = "key-alice", "key-bob"
@@ -128,7 +129,28 @@ def test_the_operator_sees_usage_per_key(tmp_path):
                            "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
-    assert [(r["key"], r["files"], r["bytes"]) for r in rows] == [("PHOTOMAKER_API_KEYS #2", 2, 1000),
-                                                                  ("PHOTOMAKER_API_KEYS #1", 1, 100)]
+    assert [(r["key"], r["files"], r["bytes"]) for r in rows] == [("config-2", 2, 1000), ("config-1", 1, 100)]
     assert rows[0]["max_bytes"] == QUOTA_BYTES and rows[0]["max_files"] == QUOTA_FILES
     assert ALICE not in done.stdout and BOB not in done.stdout
+
+
+def test_a_managed_key_has_its_own_storage_quota(tmp_path):
+    """``keys create/set --storage-quota-bytes/--storage-quota-files``: that key's quota (the API reads it from its
+    key cache, so a change applies without a restart); keys without one keep the deployment's default."""
+    settings = Settings(data_dir=tmp_path, api_keys=[ALICE], public_base_url=PUBLIC,
+                        storage_quota_bytes=QUOTA_BYTES, storage_quota_files=QUOTA_FILES)
+    with TestClient(create_app(settings, housekeeping=False)) as client:
+        store = client.app.state.ctx.store
+        roomy, tight = new_secret(), new_secret()
+        store.create_key("roomy", roomy, KeyLimits(storage_quota_bytes=10 * QUOTA_BYTES, storage_quota_files=0))
+        store.create_key("tight", tight, KeyLimits(storage_quota_bytes=500))
+        client.app.state.ctx.keys.cache.reload()  # what the keys wake-up does
+        for _ in range(QUOTA_FILES + 2):  # past the default file count and byte quota: its own apply
+            assert multipart(client, roomy, QUOTA_BYTES // 2).status_code == 200
+        assert multipart(client, tight, 400).status_code == 200
+        refused = multipart(client, tight, 200)
+        assert refused.status_code == 413 and "500" in refused.json()["detail"]
+        store.set_key_limits("tight", {"storage_quota_bytes": None})  # back to the deployment's default
+        client.app.state.ctx.keys.cache.reload()
+        assert multipart(client, tight, 200).status_code == 200
+        assert multipart(client, ALICE, QUOTA_BYTES + 1).status_code == 413  # a configured key: the default

@@ -11,18 +11,19 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..deployment import Deployment, open_deployment
 from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
-from ..deployment import Deployment, open_deployment
+from ..limits import KeyedLimits
 from ..settings import Settings
 from ..shared_secrets import generated_api_key
 from . import errors, openapi
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
+from .connections import ConnectionBudget
 from .context import AppContext
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
-from .connections import ConnectionBudget
 from .stored_files import QuotaStorage
 from .routes import admin, files, login, ops, queue
 
@@ -33,17 +34,20 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
     """Everything the routes read; ``deployment`` (store, wake-ups, secrets, storage) is opened from the settings
     unless given."""
     deployment = deployment or open_deployment(settings)
+    keys = KeyRing(settings, generated_api_key(settings, deployment.store), deployment.store)
+    # A managed key's own limits, read from this process's key cache (no database read per check).
+    limits = KeyedLimits(deployment.limits, keys.cache.by_owner) if keys.cache is not None else deployment.limits
     return AppContext(
         settings=settings,
         store=deployment.store,
         wakeups=deployment.wakeups,
         storage=deployment.storage,
-        keys=KeyRing(settings, generated_api_key(settings, deployment.store), deployment.store),
+        keys=keys,
         signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
-        files=QuotaStorage(deployment.store, deployment.storage, deployment.limits, settings.result_ttl_hours * 3600),
-        connections=ConnectionBudget(deployment.limits),
+        files=QuotaStorage(deployment.store, deployment.storage, limits, settings.result_ttl_hours * 3600),
+        connections=ConnectionBudget(limits),
         demo_warning=DEMO_WARNING if settings.tiny else None,
     )
 

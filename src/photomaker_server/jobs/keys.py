@@ -86,13 +86,14 @@ def check_key_name(name: str) -> str:
     return name
 
 
-def _limit(help: str, maximum: int = LIMIT_MAX) -> Any:
-    return field(default=None, metadata={"help": help, "max": maximum})
+def _limit(help: str, maximum: int = LIMIT_MAX, unset: str = "unlimited") -> Any:
+    return field(default=None, metadata={"help": help, "max": maximum, "unset": unset})
 
 
 @dataclass(frozen=True)
 class KeyLimits:
-    """One owner's limits; None means unlimited. The one place that says what a key may do.
+    """One owner's limits; None means unlimited (for the storage quota: the deployment's default). The one place
+    that says what a key may do.
 
     Adding a limit: a field here (its ``help`` becomes the CLI flag's and the API field's description, its
     ``maximum`` their bound: ``photomaker keys create/set --the-name N`` and ``/admin/keys`` take it with no
@@ -105,6 +106,15 @@ class KeyLimits:
     max_queued: int | None = _limit("jobs of this key waiting; submits beyond it get 429")
     #: Accepted submits in any 60 s; beyond it 429.
     requests_per_minute: int | None = _limit("accepted submits in any 60 s; beyond it 429")
+    #: Bytes this key may have stored at once (uploads, data URIs); None: the deployment's per-key default
+    #: (``PHOTOMAKER_STORAGE_QUOTA_BYTES``), enforced through ``limits.KeyedLimits``.
+    storage_quota_bytes: int | None = _limit(
+        "bytes this key may have stored at once (uploads, data URIs); beyond it 413; 0: no limit", maximum=10**15,
+        unset="the deployment's PHOTOMAKER_STORAGE_QUOTA_BYTES")
+    #: Files this key may have stored at once; None: the deployment's per-key default.
+    storage_quota_files: int | None = _limit(
+        "files this key may have stored at once; beyond it 413; 0: no limit",
+        unset="the deployment's PHOTOMAKER_STORAGE_QUOTA_FILES")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -124,6 +134,11 @@ class KeyLimits:
     def help(cls) -> dict[str, str]:
         """Each limit's description (CLI help, OpenAPI)."""
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+    @classmethod
+    def unset(cls, name: str) -> str:
+        """What leaving limit ``name`` unset (None) means."""
+        return next(f.metadata["unset"] for f in fields(cls) if f.name == name)
 
     @classmethod
     def maximum(cls, name: str) -> int:

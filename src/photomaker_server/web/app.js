@@ -379,7 +379,8 @@ async function showKeyInfo() {
     }
     if (!response.ok) return;
     const data = await response.json();
-    const names = { max_concurrent: "running at once", max_queued: "waiting", requests_per_minute: "per minute" };
+    const names = { max_concurrent: "running at once", max_queued: "waiting", requests_per_minute: "per minute",
+                    storage_quota_bytes: "bytes stored", storage_quota_files: "files stored" };
     const limits = Object.entries(data.limits || {})
       .filter(([, value]) => value !== null && value !== undefined)
       .map(([name, value]) => `${value} ${names[name] || name}`);

@@ -174,6 +174,8 @@ api_keys = sa.Table(
     sa.Column("max_concurrent", sa.Integer),
     sa.Column("max_queued", sa.Integer),
     sa.Column("requests_per_minute", sa.Integer),
+    sa.Column("storage_quota_bytes", sa.BigInteger),
+    sa.Column("storage_quota_files", sa.Integer),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("last_used_at", sa.Double),
     sa.Column("revoked_at", sa.Double),

@@ -1,8 +1,8 @@
-"""Storage quotas and one-time tokens: a row per stored file (owner, size, expiry), a lock row per owner, and the
-used one-time login links.
+"""Storage quotas and one-time tokens: a row per stored file (owner, size, expiry), a lock row per owner, a managed
+key's own storage quota (``api_keys``), and the used one-time login links.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05
 """
 
@@ -37,9 +37,14 @@ def upgrade() -> None:
         sa.Column("nonce", sa.String(64), primary_key=True),
         sa.Column("expires_at", sa.Double, nullable=False),
     )
+    op.add_column("api_keys", sa.Column("storage_quota_bytes", sa.BigInteger))
+    op.add_column("api_keys", sa.Column("storage_quota_files", sa.Integer))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:  # SQLite drops columns by copying the table
+        batch.drop_column("storage_quota_files")
+        batch.drop_column("storage_quota_bytes")
     op.drop_table("used_tokens")
     op.drop_table("storage_owners")
     op.drop_index("ix_stored_files_expires", "stored_files")
