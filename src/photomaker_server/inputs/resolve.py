@@ -62,6 +62,8 @@ class InputLoader:
             log(f"Using the first {self.archive_limits.max_photos} of {len(named)} photos", "WARN")
             named = named[: self.archive_limits.max_photos]
         photos = [decode_image(data, self.image_limits, what=name) for name, data in named]
+        for photo, (name, _) in zip(photos, named):
+            photo.info["name"] = name  # for messages about one photo (v2: "no face found in photo 2 of 3 (b.jpg)")
         initial = None
         if request.initial_image_url:
             log("Fetching the initial image")

@@ -225,11 +225,12 @@ class Worker:
         started = time.perf_counter()
         try:
             result = self.engine.generate(
-                GenerationRequest(request, photos, initial), on_log=run.log, on_step=on_step,
+                GenerationRequest(request, photos, initial, id_image_names=[p.info.get("name", "") for p in photos]),
+                on_log=run.log, on_step=on_step,
                 should_cancel=lambda: run.should_stop() or self.shutdown.release_due(),
             )
         except InvalidRequest as exc:
-            raise _JobError(str(exc), "input_error") from None
+            raise _JobError(str(exc), exc.error_type) from None
         inference_time = time.perf_counter() - started
         self.counters.observe_inference(inference_time)
         run.hold_lines()  # what is logged from here on is stored with the job's result
