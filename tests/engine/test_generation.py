@@ -213,7 +213,7 @@ def test_memory_budget_decides_what_stays_resident(tiny_locations, faces):
     one_base = engine_with(1.0)
     size = one_base._estimated_bytes(str(tiny_locations["photomaker"]))
     run(one_base, faces[:1], num_inference_steps=1)
-    assert one_base._sizes[str(tiny_locations["photomaker"])] == size, "header estimate must match the loaded size"
+    assert one_base._sizes[(str(tiny_locations["photomaker"]), "v1")] == size, "header estimate must match the loaded size"
 
     tight = engine_with(1.5 * size / 2**30)  # room for one base, not two
     run(tight, faces[:1], num_inference_steps=1)
