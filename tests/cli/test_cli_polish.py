@@ -59,7 +59,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def test_every_option_has_help_and_the_help_shows_defaults_and_styles(tmp_path):
     parser = build_parser()
     commands = _subcommands(parser)
-    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db"}
+    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db", "tiny-model"}
     commands.update({f"db {name}": sub for name, sub in _subcommands(commands["db"]).items()})
     assert "db upgrade" in commands
     for name, sub in commands.items():

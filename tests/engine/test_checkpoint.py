@@ -128,3 +128,21 @@ def test_safetensors_stray_prefix(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.bin")
+
+
+def test_v2_architecture_keys_and_size():
+    """The full-size v2 encoder: v1's tower and fuse module plus the 217 M-parameter perceiver, its sizes read back
+    from the tensors (16 heads of 128 over 2048), as photomaker-v2.bin's keys name them."""
+    from photomaker_server.engine.id_encoder_v2 import IDEncoderV2Config, PhotoMakerIDEncoderV2
+
+    with torch.device("meta"):
+        model = PhotoMakerIDEncoderV2(IDEncoderV2Config())
+    keys = set(model.state_dict())
+    assert {"qformer_perceiver.token_proj.2.weight", "qformer_perceiver.token_norm.bias",
+            "qformer_perceiver.perceiver_resampler.layers.3.0.to_kv.weight",
+            "qformer_perceiver.perceiver_resampler.layers.3.1.3.weight", "visual_projection.weight",
+            "visual_projection_2.weight", "fuse_module.mlp1.fc1.weight"} <= keys
+    assert sum(p.numel() for p in model.qformer_perceiver.parameters()) == 217_122_816
+    assert sum(p.numel() for p in model.parameters()) == 543_395_840
+    config = IDEncoderV2Config.from_state_dict({k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()})
+    assert config == IDEncoderV2Config() and config.heads == 16 and config.num_tokens == 2

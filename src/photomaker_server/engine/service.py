@@ -192,11 +192,14 @@ class Engine:
                     total += math.prod(handle.get_slice(key).get_shape()) * element
         return total
 
-    def load_all(self, on_log: LogCallback | None = None) -> None:
-        """Warm up: load as many bases as may stay resident, the default one last (so it is kept)."""
+    def load_all(self, on_log: LogCallback | None = None, version: str = "v1") -> None:
+        """Warm up: load as many bases of ``version`` (the deployment's default) as may stay resident, the default
+        base last (so it is kept); v2 also loads its face models. The other version loads on its first request."""
         bases = list(dict.fromkeys(self.config.base_models))[: max(1, self.config.max_resident_bases)]
         for base in reversed(bases):
-            self.pipeline(base, on_log)
+            self.pipeline(base, on_log, version)
+        if version == "v2":
+            self.face_analyzer(on_log)
 
     def _load(self, location: str, version: str, shared: PhotoMakerPipeline | None) -> PhotoMakerPipeline:
         from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -261,7 +264,7 @@ class Engine:
                 kept.append(photo)
                 embeddings.append(embedding)
         if not kept:
-            count = f"any of the {len(photos)} photos" if len(photos) > 1 else "the photo"
+            count = f"any of the {len(photos)} photos" if len(photos) > 1 else "the one photo sent"
             raise NoFaceDetected(
                 f"no face was found in {count} (PhotoMaker v2 needs a visible face; detection tried at "
                 f"{DETECTION_SIZES[0]} down to {DETECTION_SIZES[-1]} px)"

@@ -81,7 +81,7 @@ class Worker:
                 self.engine = Engine(EngineConfig.from_settings(self.settings))
             device = f"{self.engine.placement.device} ({str(self.engine.placement.dtype).removeprefix('torch.')})"
             self._update(device=device)
-            self.engine.load_all()
+            self.engine.load_all(version=self.settings.default_version)
             detail = "random-weight demo model" if self.settings.tiny else "model loaded"
             self._update(state="ready", detail=detail, loaded_bases=self.engine.loaded_bases())
             log.info("worker %s ready: %s, model loaded in %.1f s", self.worker_id, device,
