@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     enable_v2: bool = True
     trigger_word: str = "img"
     device: str = "auto"
-    #: How many base pipelines may be resident at once (1: load on demand, evicting the other).
+    #: How many base pipelines of one PhotoMaker version may be resident at once (1: load on demand, evicting).
     max_resident_bases: int = 2
     #: GiB of weights the resident base pipelines may take together (0: only max_resident_bases limits).
     memory_budget_gb: float = 0.0
