@@ -136,15 +136,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=256, help="tiny-model output size")
     parser.add_argument("--steps", type=int, default=4, help="tiny-model steps")
+    parser.add_argument("--threads", type=int, help="torch threads (1 is steadier on a shared machine)")
+    parser.add_argument("--only", nargs="+", choices=["faces", "tiny", "full"], default=["faces", "tiny", "full"])
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # CPU seconds (process_time) are recorded beside wall seconds: on a shared machine the wall clock measures the
     # neighbours as much as this process; the paired v2/v1 ratio of CPU seconds is the steadier figure.
     report = {"torch_threads": torch.get_num_threads(), "loadavg_start": loadavg()}
-    report["faces"] = bench_faces(args.repeats * 3)
-    report["tiny"] = bench_tiny(args.repeats, args.size, args.steps)
-    report["full_size_id_stage"] = bench_full_size_id(args.repeats)
+    if "faces" in args.only:
+        report["faces"] = bench_faces(args.repeats * 3)
+    if "tiny" in args.only:
+        report["tiny"] = bench_tiny(args.repeats, args.size, args.steps)
+    if "full" in args.only:
+        report["full_size_id_stage"] = bench_full_size_id(args.repeats)
     report["loadavg_end"] = loadavg()
     text = json.dumps(report, indent=2)
     print(text)
