@@ -241,8 +241,8 @@ def test_lora_is_loaded_and_fused(engine, tiny_locations):
     assert not any("lora" in name for name, _ in fused_unet.named_modules()), "adapter layers must be gone"
     sdxl = StableDiffusionXLPipeline.from_pretrained(tiny_locations["photomaker"])
     torch.manual_seed(0)
-    sample, hidden = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 64)
-    cond = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    sample, hidden = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 128)
+    cond = {"text_embeds": torch.randn(1, 64), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
 
     def forward(unet):
         with torch.no_grad():
