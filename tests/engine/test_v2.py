@@ -154,3 +154,20 @@ def test_both_versions_are_resident_sharing_text_encoders_and_vae(engine, faces)
     assert v1.sdxl.unet is not v2.sdxl.unet
     assert v1.sdxl.text_encoder is v2.sdxl.text_encoder and v1.sdxl.vae is v2.sdxl.vae
     assert {"photomaker", "photomaker:v2"} <= set(engine.loaded_bases())
+
+
+def test_the_memory_budget_counts_shared_components_once(tiny_locations, faces):
+    """v1 and v2 of one base: the second adds only its UNet; evicting the first leaves the shared parts counted."""
+    engine = Engine(EngineConfig(
+        base_models={k: str(tiny_locations[k]) for k in ("photomaker", "photomaker-style")},
+        checkpoint=str(tiny_locations["checkpoint"]), checkpoint_v2=str(tiny_locations["checkpoint_v2"]),
+        face_model=str(tiny_locations["face_model"]), device="cpu", demo=True, max_resident_bases=1))
+    location = str(tiny_locations["photomaker"])
+    v1 = engine.pipeline("photomaker")
+    whole = engine._sizes[(location, "v1")]
+    v2 = engine.pipeline("photomaker", version="v2")
+    unet = sum(p.numel() * p.element_size() for p in v2.sdxl.unet.parameters())
+    assert engine._sizes[(location, "v2")] == unet and engine._sizes[(location, "v1")] == whole
+    engine.pipeline("photomaker-style")  # max 1 per version: the v1 "photomaker" goes, v2 keeps the shared parts
+    assert engine.loaded_bases() == ["photomaker-style", "photomaker:v2"]
+    assert engine._sizes[(location, "v2")] == whole and v1.sdxl.text_encoder is v2.sdxl.text_encoder

@@ -125,7 +125,7 @@ class Engine:
         self.id_cache = IDEmbeddingCache(config.id_cache_size)
         #: Resident pipelines by (base location, version), least recently used first.
         self._pipelines: OrderedDict[tuple[str, str], PhotoMakerPipeline] = OrderedDict()
-        self._sizes: dict[tuple[str, str], int] = {}  # bytes of weights each resident pipeline added
+        self._sizes: dict[tuple[str, str], int] = {}  # bytes of weights per resident pipeline (see _recount)
         self._checkpoints: dict[str, PhotoMakerCheckpoint] = {}
         self._id_encoders: dict[str, PhotoMakerIDEncoder | PhotoMakerIDEncoderV2] = {}
         self._faces: FaceAnalyzer | None = None
@@ -162,7 +162,7 @@ class Engine:
                 break
             evicted = same_version[0] if too_many else next(iter(self._pipelines))  # least recently used
             del self._pipelines[evicted]
-            self._sizes.pop(evicted, None)
+            self._recount()
             log.info("unloading base model %s (%s) to stay within the residency limits", *evicted)
             gc.collect()
             if torch.cuda.is_available():
@@ -170,10 +170,18 @@ class Engine:
         shared = self._resident_sibling(location)
         _say(on_log, f"Loading model ({base_pipeline}: {location}, PhotoMaker {version})")
         pipe = self._load(location, version, shared)
-        already = {id(p) for other in self._pipelines.values() for p in _parameters(other)}
         self._pipelines[key] = pipe
-        self._sizes[key] = sum(p.numel() * p.element_size() for p in _parameters(pipe) if id(p) not in already)
+        self._recount()
         return pipe
+
+    def _recount(self) -> None:
+        """Bytes of weights per resident pipeline, a shared component counted once (with the first holder left)."""
+        seen: set[int] = set()
+        self._sizes = {}
+        for key, pipe in self._pipelines.items():
+            fresh = [p for p in _parameters(pipe) if id(p) not in seen]
+            seen.update(id(p) for p in fresh)
+            self._sizes[key] = sum(p.numel() * p.element_size() for p in fresh)
 
     def _resident_sibling(self, location: str) -> PhotoMakerPipeline | None:
         """A resident pipeline of the same base (the other version), whose text encoders and VAE can be shared."""
