@@ -168,7 +168,7 @@ class Engine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         shared = self._resident_sibling(location)
-        _say(on_log, f"Loading model ({base_pipeline}: {location}, PhotoMaker {version})")
+        _say(on_log, f"Loading model ({base_pipeline}: {location}{', PhotoMaker v2' if version == 'v2' else ''})")
         pipe = self._load(location, version, shared)
         self._pipelines[key] = pipe
         self._recount()
@@ -314,7 +314,8 @@ class Engine:
         width, height = resolve_size(options.image_size, initial.size if initial is not None else None)
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_REFERENCE_SEED + 1)
 
-        _say(on_log, f"Encoding {len(photos)} ID photo{'s' if len(photos) != 1 else ''} (PhotoMaker {version})")
+        tag = " (PhotoMaker v2)" if version == "v2" else ""  # v1's log lines stay as they were
+        _say(on_log, f"Encoding {len(photos)} ID photo{'s' if len(photos) != 1 else ''}{tag}")
         output = pipe(
             prompt,
             photos,
