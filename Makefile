@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[test]"
+	@# insightface's metadata also pulls opencv-python (needs libGL); keep only the headless build (README, V2)
+	$(PY) -m pip uninstall -y -q opencv-python || true
+	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless
 	touch $(STAMP)
 	@echo "==> set-up done"
 

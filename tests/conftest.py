@@ -39,6 +39,8 @@ def engine(tiny_locations):
         EngineConfig(
             base_models={k: str(tiny_locations[k]) for k in ("photomaker", "photomaker-style")},
             checkpoint=str(tiny_locations["checkpoint"]),
+            checkpoint_v2=str(tiny_locations["checkpoint_v2"]),
+            face_model=str(tiny_locations["face_model"]),
             device="cpu",
             demo=True,
         )

@@ -7,13 +7,15 @@ import sys
 
 
 def test_the_api_process_never_imports_torch(tmp_path):
-    """The HTTP layer stays light: no torch, diffusers or transformers in the API process."""
+    """The HTTP layer stays light: no torch, diffusers or transformers, and none of v2's face stack (onnxruntime,
+    onnx, OpenCV, InsightFace), in the API process."""
     code = (
         "import sys\n"
         "from photomaker_server.api.app import create_app\n"
         "from photomaker_server.settings import Settings\n"
         f"create_app(Settings(data_dir={str(tmp_path)!r}), housekeeping=False)\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'onnxruntime', 'onnx', 'cv2', 'insightface')\n"
+        "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -4,6 +4,7 @@
     photomaker serve [--tiny] [--port 8000]
     photomaker status REQUEST_ID / photomaker cancel REQUEST_ID
     photomaker keys create|list|revoke|set|usage   (API keys, limits and usage; see docs/keys.md)
+    photomaker tiny-model --out DIR
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _run(argv: list[str] | None) -> int:
             from .cli_keys import run_keys
 
             return run_keys(args)
+        if args.command == "tiny-model":
+            return _tiny_model(args)
         from .client import cancel_request, show_status
 
         return (show_status if args.command == "status" else cancel_request)(args)
@@ -133,6 +136,18 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tiny_model(args: argparse.Namespace) -> int:
+    """``photomaker tiny-model --out DIR``: the demo model's files, e.g. to run another implementation on them."""
+    from .engine.tiny import ensure_tiny_model, tiny_architecture
+
+    try:
+        locations = ensure_tiny_model(args.out)
+    except OSError as exc:
+        raise CLIError(f"cannot write the tiny model into {args.out}: {exc.strerror or exc}") from None
+    print(json.dumps({**{k: str(v) for k, v in locations.items()}, "architecture": tiny_architecture()}, indent=2))
+    return 0
+
+
 def _read_photos(args: argparse.Namespace, settings: Settings):
     from .inputs.archives import ArchiveLimits, extract_photos
     from .inputs.errors import InputError
@@ -156,7 +171,7 @@ def _read_photos(args: argparse.Namespace, settings: Settings):
         initial = decode_image(_read(args.initial_image), limits, what="initial image") if args.initial_image else None
     except InputError as exc:
         raise CLIError(str(exc)) from None
-    return photos, initial
+    return photos, [name for name, _ in named], initial
 
 
 def _read(path: Path) -> bytes:
@@ -180,12 +195,14 @@ def _generate_local(args: argparse.Namespace) -> int:
     try:
         options = GenerationOptions.model_validate(
             generation_fields(args),
-            context={"trigger_word": settings.trigger_word, "max_num_images": settings.max_num_images},
+            context={"trigger_word": settings.trigger_word, "max_num_images": settings.max_num_images,
+                     "default_version": settings.default_version, "enable_v2": settings.enable_v2},
         )
     except ValidationError as exc:
         raise CLIError(describe_validation(exc)) from None
-    photos, initial = _read_photos(args, settings)
+    photos, names, initial = _read_photos(args, settings)
     # torch and diffusers load only now: a mistake in the flags or the files is reported without that wait.
+    from .engine.checkpoint import CheckpointError
     from .engine.errors import InvalidRequest, WeightsUnavailable
     from .engine.service import Engine, EngineConfig, GenerationRequest
     from .outputs import encode_image
@@ -207,11 +224,11 @@ def _generate_local(args: argparse.Namespace) -> int:
 
         try:
             result = engine.generate(
-                GenerationRequest(options, photos, initial),
+                GenerationRequest(options, photos, initial, id_image_names=names),
                 on_log=lambda message: bar.update(task, description=message),
                 on_step=on_step,
             )
-        except (InvalidRequest, WeightsUnavailable) as exc:
+        except (InvalidRequest, WeightsUnavailable, CheckpointError) as exc:
             raise CLIError(str(exc)) from None
 
     for i, image in enumerate(result.images):

@@ -26,6 +26,7 @@ from .settings import Settings
 #: CLI flag → Settings field, for the flags that configure the model or the server.
 SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
+    "photomaker_v2_checkpoint", "face_model", "default_version", "enable_v2",
     "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "fetch_allow",
     "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s",
 )
@@ -36,6 +37,7 @@ FLAG_FOR_FIELD = {
     "initial_image_strength": "--strength", "seed": "--seed", "num_inference_steps": "--steps",
     "num_images": "--num-images", "guidance_scale": "--guidance", "style_strength": "--style-strength",
     "negative_prompt": "--negative-prompt", "width": "--width", "height": "--height",
+    "photomaker_version": "--photomaker-version",
 }
 
 #: What ``generate --tiny`` uses when --steps/--width/--height are not given: the demo model's images are noise, so
@@ -90,6 +92,13 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--photomaker-checkpoint", metavar="FILE_OR_REPO_FILE",
                        help=f"local .bin/.safetensors file or hub 'owner/repo/file' "
                             f"(default: {_setting('photomaker_checkpoint')})")
+    group.add_argument("--photomaker-v2-checkpoint", metavar="FILE_OR_REPO_FILE",
+                       help=f"PhotoMaker v2: local .bin/.safetensors file or hub 'owner/repo/file' "
+                            f"(default: {_setting('photomaker_v2_checkpoint')}; {_env('photomaker_v2_checkpoint')})")
+    group.add_argument("--face-model", metavar="DIR",
+                       help="PhotoMaker v2: directory holding an InsightFace model pack's .onnx files (default: the "
+                            f"buffalo_l pack InsightFace downloads; {_env('face_model')}). InsightFace's models are "
+                            "licensed for non-commercial research only")
     group.add_argument("--tiny", action="store_true", default=None,
                        help="use the tiny random-weight demo model: no downloads, images are coloured noise")
     group.add_argument("--device", help=f"auto, cuda, cuda:1, mps or cpu (default: {_setting('device')})")
@@ -108,6 +117,9 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                              "'portrait photo of a man img, film grain'")
     parser.add_argument("--style", choices=style_names(), metavar="STYLE",
                         help=f"style template; one of: {', '.join(style_names())} (default: {_option('style')})")
+    parser.add_argument("--photomaker-version", choices=["v1", "v2"],
+                        help="v1 (fal's model) or v2 (adds an InsightFace face embedding; photos without a face are "
+                             "skipped) (default: the server's, v1 unless PHOTOMAKER_DEFAULT_VERSION says otherwise)")
     parser.add_argument("--base-pipeline", choices=["photomaker", "photomaker-style"],
                         help=f"realistic or stylised base model (default: {_option('base_pipeline')})")
     parser.add_argument("--initial-image", type=Path, metavar="IMAGE", help="start from this image (image-to-image)")
@@ -206,6 +218,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                             "the database and storage; use with --database-url)")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")
+    serve.add_argument("--default-version", choices=["v1", "v2"],
+                       help=f"photomaker_version of requests that name none "
+                            f"(default: {_setting('default_version')}; {_env('default_version')})")
+    serve.add_argument("--no-v2", dest="enable_v2", action="store_false", default=None,
+                       help="refuse photomaker_version 'v2' (422); env PHOTOMAKER_ENABLE_V2=false")
     serve.add_argument("--max-request-bytes", type=int, metavar="BYTES",
                        help=f"largest request body accepted, answered 413 beyond it "
                             f"(default: {_setting('max_request_bytes')}; env PHOTOMAKER_MAX_REQUEST_BYTES)")
@@ -217,6 +234,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_shutdown_flag(worker)
     add_deployment_flags(worker)
     add_model_flags(worker)
+
+    tiny = command("tiny-model", "write the tiny random-weight demo model to a directory (two bases, the v1 and v2 "
+                                 "checkpoints, a tiny InsightFace-shaped face pack) and print where each part is")
+    tiny.add_argument("--out", type=Path, required=True, metavar="DIR",
+                      help="directory to write into (reused when it already holds this version of the tiny model)")
 
     db = command("db", "manage the job database")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", help="what to do")
@@ -322,6 +344,7 @@ def generation_fields(args: argparse.Namespace) -> dict:
         "guidance_scale": args.guidance,
         "style_strength": args.style_strength,
         "negative_prompt": args.negative_prompt,
+        "photomaker_version": args.photomaker_version,
     }
     size = check_size(args)
     if size:

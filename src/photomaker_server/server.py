@@ -167,7 +167,7 @@ def ensure_tls(settings: Settings) -> tuple[Path, Path]:
 
 def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path | None,
             login: str | None = None) -> None:
-    from .engine.demo import DEMO_WARNING
+    from .engine.demo import DEMO_WARNING, INSIGHTFACE_LICENSE_NOTICE
 
     lines = [f"PhotoMaker server on {settings.base_url}  (web page: {settings.base_url}/, API docs: {settings.base_url}/docs)"]
     if key_generated:  # printed once, when created; later starts only say where it is
@@ -179,6 +179,8 @@ def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path
                      f"prints another): {login}")
     if cert is not None:
         lines.append(f"TLS certificate: {cert}  (clients: SSL_CERT_FILE={cert})")
+    if settings.enable_v2:
+        lines.append(f"PhotoMaker v2 enabled (default version: {settings.default_version}). {INSIGHTFACE_LICENSE_NOTICE}")
     if settings.tiny:
         bar = "!" * 100
         lines += [bar, "!! " + DEMO_WARNING, bar]

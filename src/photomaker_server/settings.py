@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +25,8 @@ DEFAULT_BASE_MODELS = {
     "photomaker-style": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 DEFAULT_PHOTOMAKER_CHECKPOINT = "TencentARC/PhotoMaker/photomaker-v1.bin"
+DEFAULT_PHOTOMAKER_V2_CHECKPOINT = "TencentARC/PhotoMaker-V2/photomaker-v2.bin"
+PHOTOMAKER_VERSIONS = ("v1", "v2")
 
 
 def _split_csv(value: object) -> object:
@@ -76,9 +79,16 @@ class Settings(BaseSettings):
     base_model: str = DEFAULT_BASE_MODELS["photomaker"]
     style_base_model: str = DEFAULT_BASE_MODELS["photomaker-style"]
     photomaker_checkpoint: str = DEFAULT_PHOTOMAKER_CHECKPOINT
+    photomaker_v2_checkpoint: str = DEFAULT_PHOTOMAKER_V2_CHECKPOINT
+    #: Directory of an InsightFace model pack's .onnx files for v2 (empty: the buffalo_l pack InsightFace downloads).
+    face_model: str = ""
+    #: ``photomaker_version`` of requests that do not name one ("v1": fal's behaviour).
+    default_version: Literal["v1", "v2"] = "v1"
+    #: Serve PhotoMaker v2 at all (its face models are licensed for non-commercial research only).
+    enable_v2: bool = True
     trigger_word: str = "img"
     device: str = "auto"
-    #: How many base pipelines may be resident at once (1: load on demand, evicting the other).
+    #: How many base pipelines of one PhotoMaker version may be resident at once (1: load on demand, evicting).
     max_resident_bases: int = 2
     #: GiB of weights the resident base pipelines may take together (0: only max_resident_bases limits).
     memory_budget_gb: float = 0.0

@@ -346,3 +346,13 @@ def test_the_key_needs_the_login_link_which_works_once(browser, live_server):
     finally:
         for context in contexts:
             context.close()
+
+
+def test_the_version_selector_sends_photomaker_v2(page, photos):
+    """The PhotoMaker version selector starts at the server's default (v1) and its choice reaches the request."""
+    assert page.input_value("#photomaker-version") == "v1"
+    fill_request(page, photos[:1], PROMPT, steps=2)
+    page.select_option("#photomaker-version", "v2")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img.result-image", timeout=60_000)
+    assert "(PhotoMaker v2)" in page.inner_text("#logs")

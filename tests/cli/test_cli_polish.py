@@ -59,7 +59,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def test_every_option_has_help_and_the_help_shows_defaults_and_styles(tmp_path):
     parser = build_parser()
     commands = _subcommands(parser)
-    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db", "login-link", "usage", "keys"}
+    assert set(commands) == {"generate", "serve", "worker", "status", "cancel", "db", "login-link", "usage", "keys",
+                             "tiny-model"}
     commands.update({f"db {name}": sub for name, sub in _subcommands(commands["db"]).items()})
     commands.update({f"keys {name}": sub for name, sub in _subcommands(commands["keys"]).items()})
     assert "db upgrade" in commands

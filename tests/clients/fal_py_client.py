@@ -120,6 +120,7 @@ def sync_scenarios(photo: str) -> dict:
 
     out["cancel"] = attempt(cancel)
     out["run"] = attempt(lambda: fal_client.run(APP, small(photo, seed=9, num_images=2)))
+    out["run_v2"] = attempt(lambda: fal_client.run(APP, small(photo, seed=4, photomaker_version="v2")))
     out["invalid"] = attempt(lambda: fal_client.submit(APP, small(photo, num_inference_steps=1000)))
     return out
 

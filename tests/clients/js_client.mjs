@@ -143,6 +143,12 @@ out.run_blob_input = await attempt(async () => {
   return { requestId: result.requestId, data: result.data };
 });
 
+// PhotoMaker v2 is one more input field; the client passes it through unmodified.
+out.run_v2 = await attempt(async () => {
+  const result = await fal.run(APP, { input: small(photoUrl, { seed: 4, photomaker_version: "v2" }) });
+  return { requestId: result.requestId, data: result.data };
+});
+
 // Validation errors surface as the client's ValidationError with fieldErrors.
 out.invalid = await attempt(() => fal.queue.submit(APP, { input: small(photoUrl, { num_inference_steps: 1000 }) }));
 

@@ -154,6 +154,12 @@ def test_run_and_blob_inputs(js, fetch_image):
     check_images(blob["data"], fetch_image)
 
 
+def test_photomaker_version_goes_through_unmodified(js, fetch_image):
+    run = ok(js, "run_v2")
+    assert run["data"]["seed"] == 4 and "face_analysis" in run["data"]["timings"], run["data"]  # v2 ran
+    check_images(run["data"], fetch_image)
+
+
 def test_validation_errors_are_the_clients_validation_error(js):
     error = js["invalid"]["error"]
     assert error["name"] == "ValidationError" and error["status"] == 422

@@ -137,6 +137,12 @@ def test_run_and_validation_error(env_run, fetch_image, tls_verify):
                                   "msg": "Input should be less than or equal to 100", "type": "less_than_equal"}]
 
 
+def test_photomaker_version_goes_through_unmodified(env_run, fetch_image, tls_verify):
+    run = ok(env_run["sync"], "run_v2")
+    assert run["seed"] == 4 and "face_analysis" in run["timings"], run  # v2 ran
+    check_images(run, fetch_image, verify=tls_verify)
+
+
 def test_async_variants(env_run, fetch_image, tls_verify):
     a = env_run["async"]
     check_subscribe(ok(a, "subscribe"), 43, fetch_image, verify=tls_verify)

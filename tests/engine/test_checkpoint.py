@@ -21,7 +21,7 @@ def test_round_trip_in_both_layouts(tmp_path, tensors, name):
     path = save_checkpoint(tmp_path / name, id_state, lora)
     ckpt = read_checkpoint(path)
     assert set(ckpt.id_encoder) == set(id_state) and set(ckpt.lora_weights) == set(lora)
-    model = build_id_encoder(ckpt, text_widths=(32, 32))
+    model = build_id_encoder(ckpt, text_widths=(64, 64))
     for key, value in model.state_dict().items():
         assert torch.equal(value, id_state[key]), key
 
@@ -59,19 +59,19 @@ def test_missing_key_is_named(tmp_path, tensors):
 
 
 def test_extra_key_is_named(tmp_path, tensors):
-    ckpt = _damaged(tmp_path, tensors, lambda s, l: s.update({"qformer_perceiver.token_proj.weight": torch.zeros(2)}))
-    with pytest.raises(CheckpointError, match=r"unexpected keys: qformer_perceiver\.token_proj\.weight"):
+    ckpt = _damaged(tmp_path, tensors, lambda s, l: s.update({"visual_projection_3.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"unexpected keys: visual_projection_3\.weight"):
         build_id_encoder(ckpt)
 
 
 def test_misshapen_key_is_named(tmp_path, tensors):
     ckpt = _damaged(tmp_path, tensors, lambda s, l: s.update({"fuse_module.layer_norm.weight": torch.ones(7)}))
-    with pytest.raises(CheckpointError, match=r"wrong shapes: fuse_module\.layer_norm\.weight \(7,\) != \(64,\)"):
+    with pytest.raises(CheckpointError, match=r"wrong shapes: fuse_module\.layer_norm\.weight \(7,\) != \(128,\)"):
         build_id_encoder(ckpt)
 
 
 def test_checkpoint_for_another_base_is_refused(tiny_locations):
-    with pytest.raises(CheckpointError, match=r"projects to widths 32\+32.*768\+1280"):
+    with pytest.raises(CheckpointError, match=r"projects to widths 64\+64.*768\+1280"):
         build_id_encoder(read_checkpoint(tiny_locations["checkpoint"]), text_widths=(768, 1280))
 
 
@@ -128,3 +128,21 @@ def test_safetensors_stray_prefix(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.bin")
+
+
+def test_v2_architecture_keys_and_size():
+    """The full-size v2 encoder: v1's tower and fuse module plus the 217 M-parameter perceiver, its sizes read back
+    from the tensors (16 heads of 128 over 2048), as photomaker-v2.bin's keys name them."""
+    from photomaker_server.engine.id_encoder_v2 import IDEncoderV2Config, PhotoMakerIDEncoderV2
+
+    with torch.device("meta"):
+        model = PhotoMakerIDEncoderV2(IDEncoderV2Config())
+    keys = set(model.state_dict())
+    assert {"qformer_perceiver.token_proj.2.weight", "qformer_perceiver.token_norm.bias",
+            "qformer_perceiver.perceiver_resampler.layers.3.0.to_kv.weight",
+            "qformer_perceiver.perceiver_resampler.layers.3.1.3.weight", "visual_projection.weight",
+            "visual_projection_2.weight", "fuse_module.mlp1.fc1.weight"} <= keys
+    assert sum(p.numel() for p in model.qformer_perceiver.parameters()) == 217_122_816
+    assert sum(p.numel() for p in model.parameters()) == 543_395_840
+    config = IDEncoderV2Config.from_state_dict({k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()})
+    assert config == IDEncoderV2Config() and config.heads == 16 and config.num_tokens == 2

@@ -6,18 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.models.clip import CLIPImageProcessorPil
 
-
-def reference_fuse(fuse, c, e):
-    def mlp(m, x, residual):
-        out = m.fc2(F.gelu(m.fc1(F.layer_norm(x, x.shape[-1:], m.layernorm.weight, m.layernorm.bias))))
-        return out + x if residual else out
-
-    x = mlp(fuse.mlp1, torch.cat([c, e], -1), False) + c
-    x = mlp(fuse.mlp2, x, True)
-    return F.layer_norm(x, x.shape[-1:], fuse.layer_norm.weight, fuse.layer_norm.bias)
+from reference_impl import reference_fuse, sdxl_switching_to_id
 
 
 def test_text_encoding_is_sdxls(engine):
@@ -51,17 +42,8 @@ def test_image_matches_reference_algorithm_on_diffusers(engine, faces):
         id_hidden = id_hidden.clone()
         id_hidden[0, positions] = reference_fuse(encoder.fuse_module, id_hidden[0, positions], photo_embeds)
 
-    merge = 3
-
-    def switch_to_id(pipeline, i, t, kwargs):
-        if i == merge:
-            kwargs["prompt_embeds"] = torch.cat([neg_hidden, id_hidden])
-            kwargs["add_text_embeds"] = torch.cat([neg_pooled, id_pooled])
-        return kwargs
-
-    reference = sdxl(prompt_embeds=text_hidden, negative_prompt_embeds=neg_hidden, pooled_prompt_embeds=text_pooled,
-                     negative_pooled_prompt_embeds=neg_pooled, num_inference_steps=steps, guidance_scale=5.0, width=64,
-                     height=64, generator=torch.Generator().manual_seed(seed), callback_on_step_end=switch_to_id,
-                     callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"]).images[0]
+    reference = sdxl_switching_to_id(sdxl, text=(text_hidden, text_pooled), negative=(neg_hidden, neg_pooled),
+                                     id_prompt=(id_hidden, id_pooled), merge=3, steps=steps, guidance=5.0, size=64,
+                                     seed=seed)[0]
     diff = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(reference, dtype=np.int16))
     assert diff.max() <= 1, f"max pixel difference {diff.max()}"

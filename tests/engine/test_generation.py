@@ -213,7 +213,7 @@ def test_memory_budget_decides_what_stays_resident(tiny_locations, faces):
     one_base = engine_with(1.0)
     size = one_base._estimated_bytes(str(tiny_locations["photomaker"]))
     run(one_base, faces[:1], num_inference_steps=1)
-    assert one_base._sizes[str(tiny_locations["photomaker"])] == size, "header estimate must match the loaded size"
+    assert one_base._sizes[(str(tiny_locations["photomaker"]), "v1")] == size, "header estimate must match the loaded size"
 
     tight = engine_with(1.5 * size / 2**30)  # room for one base, not two
     run(tight, faces[:1], num_inference_steps=1)
@@ -241,8 +241,8 @@ def test_lora_is_loaded_and_fused(engine, tiny_locations):
     assert not any("lora" in name for name, _ in fused_unet.named_modules()), "adapter layers must be gone"
     sdxl = StableDiffusionXLPipeline.from_pretrained(tiny_locations["photomaker"])
     torch.manual_seed(0)
-    sample, hidden = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 64)
-    cond = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    sample, hidden = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 128)
+    cond = {"text_embeds": torch.randn(1, 64), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
 
     def forward(unet):
         with torch.no_grad():

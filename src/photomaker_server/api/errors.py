@@ -26,12 +26,20 @@ ERROR_STATUS = {
     "bad_request": 400,
     "input_error": 422,
     "weights_unavailable": 503,
+    "no_face_detected": 422,
 }
+#: Request errors found by the worker that belong to one input field: answered in fal's validation shape
+#: (``{"detail": [{"loc": ["body", field], "msg", "type"}]}``), as fal reports its own content errors.
+FIELD_ERRORS = {"no_face_detected": "image_archive_url"}
 
 
 def error_response(status: int, detail: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    field = FIELD_ERRORS.get(error_type)
+    body: dict[str, Any] = {"detail": detail, "error_type": error_type}
+    if field is not None:
+        body["detail"] = [{"loc": ["body", field], "msg": detail, "type": error_type}]
     return JSONResponse(
-        {"detail": detail, "error_type": error_type},
+        body,
         status_code=status,
         headers={"X-Fal-Error-Type": error_type, **(headers or {})},
     )

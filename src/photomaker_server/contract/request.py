@@ -10,7 +10,7 @@ come from the pydantic validation *context* (:func:`validation_context`).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -23,6 +23,7 @@ DEFAULT_MAX_NUM_IMAGES = 4
 MAX_SEED = 2**63 - 1
 
 BasePipeline = Literal["photomaker", "photomaker-style"]
+PhotoMakerVersion = Literal["v1", "v2"]
 StyleName = Literal[tuple(style_names())]  # type: ignore[valid-type]
 
 #: fal's size presets of its other image endpoints, as (width, height).
@@ -112,6 +113,23 @@ class GenerationOptions(BaseModel):
         description="Output size: a preset or {width, height}. Default square_hd (1024x1024); with an "
         "initial image, its aspect ratio at about one megapixel.",
     )
+
+    photomaker_version: Optional[PhotoMakerVersion] = Field(  # noqa: UP007 (pydantic schema order)
+        None,
+        validate_default=True,
+        description="Beyond fal: 'v1' (fal's model) or 'v2' (PhotoMaker V2: adds an InsightFace face embedding for "
+        "better likeness, notably from one photo; photos without a detectable face are skipped). Absent: the "
+        "server's default (v1 unless configured).",
+    )
+
+    @field_validator("photomaker_version")
+    @classmethod
+    def _version(cls, value: str | None, info: ValidationInfo) -> str:
+        """An absent version becomes the deployment's default here, so the stored request names the one it ran."""
+        value = value or _context(info, "default_version", "v1")
+        if value == "v2" and not _context(info, "enable_v2", True):
+            raise ValueError("PhotoMaker v2 is not enabled on this server; use 'v1'")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -215,6 +233,8 @@ def validation_context(settings: Settings) -> dict[str, Any]:
         "trigger_word": settings.trigger_word,
         "max_num_images": settings.max_num_images,
         "max_pixels": settings.max_pixels_out,
+        "default_version": settings.default_version,
+        "enable_v2": settings.enable_v2,
     }
 
 

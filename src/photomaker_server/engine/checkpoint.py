@@ -5,6 +5,10 @@ Two layouts carry the same tensors:
 * the published torch pickle (``photomaker-v1.bin``): ``{"id_encoder": {...}, "lora_weights": {...}}``;
 * a flat ``.safetensors`` file whose keys are prefixed ``id_encoder.`` / ``lora_weights.``.
 
+Both versions use these layouts; a v2 ID encoder is recognised by its ``qformer_perceiver.*`` tensors, and a file of
+one version given where the other is expected is refused in one line (the LoRA of either would load silently into
+the wrong encoder's UNet otherwise).
+
 Pickles are read with ``weights_only=True`` (no code runs from the file). Every problem is raised as a
 ``CheckpointError`` that names the file and the offending keys, because a raw ``load_state_dict`` traceback
 tells an operator nothing about which download went wrong.
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
+from .id_encoder_v2 import IDEncoderV2Config, PhotoMakerIDEncoderV2
 
 SECTIONS = ("id_encoder", "lora_weights")
 #: Buffers older transformers saved that the model no longer keeps; harmless when present.
@@ -31,11 +36,20 @@ class CheckpointError(ValueError):
     """A PhotoMaker checkpoint that cannot be used, with the reason in words."""
 
 
+#: How the two versions are told apart, and the flag each one is given with (for the error message).
+VERSION_FLAGS = {"v1": "--photomaker-checkpoint", "v2": "--photomaker-v2-checkpoint"}
+
+
 @dataclass
 class PhotoMakerCheckpoint:
     id_encoder: dict[str, torch.Tensor]
     lora_weights: dict[str, torch.Tensor]
     path: Path
+
+    @property
+    def version(self) -> str:
+        """"v2" when the ID encoder has the face-embedding perceiver, else "v1"."""
+        return "v2" if any(k.startswith("qformer_perceiver.") for k in self.id_encoder) else "v1"
 
 
 def _listing(keys: list[str]) -> str:
@@ -43,7 +57,8 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" (and {len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
 
 
-def read_checkpoint(path: str | Path) -> PhotoMakerCheckpoint:
+def read_checkpoint(path: str | Path, version: str | None = None) -> PhotoMakerCheckpoint:
+    """Read and check a checkpoint; with ``version``, refuse a file of the other version."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"PhotoMaker checkpoint {path} does not exist")
@@ -85,27 +100,37 @@ def read_checkpoint(path: str | Path) -> PhotoMakerCheckpoint:
             f"{path}: lora_weights keys must use the attention-processor naming "
             f"('unet.<block>.attn1.processor.to_q_lora.down.weight'); found {_listing(bad_lora)}"
         )
-    return PhotoMakerCheckpoint(id_encoder=raw["id_encoder"], lora_weights=lora, path=path)
+    checkpoint = PhotoMakerCheckpoint(id_encoder=raw["id_encoder"], lora_weights=lora, path=path)
+    if version is not None and checkpoint.version != version:
+        raise CheckpointError(
+            f"{path} is a PhotoMaker {checkpoint.version} checkpoint, but it was given as the {version} one "
+            f"(use {VERSION_FLAGS[checkpoint.version]} for it)"
+        )
+    return checkpoint
 
 
-def build_id_encoder(checkpoint: PhotoMakerCheckpoint, text_widths: tuple[int, int] | None = None) -> PhotoMakerIDEncoder:
-    """Build the ID encoder the checkpoint describes and load it strictly.
+def build_id_encoder(
+    checkpoint: PhotoMakerCheckpoint, text_widths: tuple[int, int] | None = None
+) -> PhotoMakerIDEncoder | PhotoMakerIDEncoderV2:
+    """Build the ID encoder (v1 or v2, as the checkpoint says) the checkpoint describes and load it strictly.
 
     ``text_widths`` are the hidden widths of the base model's two text encoders; the ID embedding is written into
     their concatenated hidden states, so the projections must produce exactly those widths.
     """
     state = {k: v for k, v in checkpoint.id_encoder.items() if not _IGNORED_KEYS.search(k)}
+    version = checkpoint.version
     try:
-        config = IDEncoderConfig.from_state_dict(state)
+        config = IDEncoderV2Config.from_state_dict(state) if version == "v2" else IDEncoderConfig.from_state_dict(state)
     except ValueError as exc:
         raise CheckpointError(f"{checkpoint.path}: id_encoder {exc}") from None
-    if text_widths is not None and (config.projection_dim, config.projection_dim_2) != tuple(text_widths):
+    vision = config.vision if isinstance(config, IDEncoderV2Config) else config
+    if text_widths is not None and (vision.projection_dim, vision.projection_dim_2) != tuple(text_widths):
         raise CheckpointError(
-            f"{checkpoint.path}: the ID encoder projects to widths {config.projection_dim}+{config.projection_dim_2}, "
+            f"{checkpoint.path}: the ID encoder projects to widths {vision.projection_dim}+{vision.projection_dim_2}, "
             f"but the base model's text encoders are {text_widths[0]}+{text_widths[1]} wide "
             "(is this checkpoint made for this base model?)"
         )
-    model = PhotoMakerIDEncoder(config)
+    model = PhotoMakerIDEncoderV2(config) if isinstance(config, IDEncoderV2Config) else PhotoMakerIDEncoder(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -122,7 +147,7 @@ def build_id_encoder(checkpoint: PhotoMakerCheckpoint, text_widths: tuple[int, i
     if misshapen:
         problems.append(f"wrong shapes: {_listing(misshapen)}")
     if problems:
-        raise CheckpointError(f"{checkpoint.path}: id_encoder does not match PhotoMaker v1: " + "; ".join(problems))
+        raise CheckpointError(f"{checkpoint.path}: id_encoder does not match PhotoMaker {version}: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -6,9 +6,21 @@ from __future__ import annotations
 class InvalidRequest(ValueError):
     """The request cannot be run as given (the user's to fix); ``field`` names the input at fault."""
 
+    #: fal's ``error_type`` of the failed request.
+    error_type = "input_error"
+
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class NoFaceDetected(InvalidRequest):
+    """PhotoMaker v2 found a face in none of the photos."""
+
+    error_type = "no_face_detected"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="image_archive_url")
 
 
 class GenerationCancelled(Exception):

@@ -129,6 +129,10 @@ class FuseModule(nn.Module):
 class PhotoMakerIDEncoder(CLIPVisionModelWithProjection):
     """CLIP vision tower + ``visual_projection_2`` + ``fuse_module``, named as in ``photomaker-v1.bin``."""
 
+    version = "v1"
+    #: Class-word copies per photo in the ID prompt.
+    tokens_per_photo = 1
+
     def __init__(self, config: IDEncoderConfig | None = None) -> None:
         config = config or IDEncoderConfig()
         super().__init__(config.vision_config())
@@ -136,9 +140,14 @@ class PhotoMakerIDEncoder(CLIPVisionModelWithProjection):
         self.visual_projection_2 = nn.Linear(config.hidden_size, config.projection_dim_2, bias=False)
         self.fuse_module = FuseModule(config.embed_dim)
 
+    @property
+    def image_size(self) -> int:
+        return self.id_config.image_size
+
     @torch.no_grad()
-    def embed_photos(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) preprocessed photos → (N, D) ID embeddings (before fusing with the prompt)."""
+    def embed_photos(self, pixel_values: torch.Tensor, face_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed photos → (N, D) ID embeddings (before fusing with the prompt). V1 uses no face
+        embeddings; the parameter keeps one signature for both versions."""
         pooled = self.vision_model(pixel_values=pixel_values).pooler_output
         return torch.cat([self.visual_projection(pooled), self.visual_projection_2(pooled)], dim=-1)
 

@@ -2,7 +2,8 @@
 
     1. tokenize   the ID prompt (class word repeated once per photo) and the text-only prompt
     2. encode     both prompts and the negative prompt with SDXL's two text encoders
-    3. ID         embed the photos (cached by content) and fuse them into the class-word positions
+    3. ID         embed the photos (cached by content) and fuse them into the class-word positions; v1: one
+                  CLIP embedding per photo, v2: two tokens per photo from its face embedding and CLIP patches
     4. latents    seeded noise, or the initial image noised to ``strength`` (image-to-image)
     5. denoise    classifier-free guidance; text-only embeddings up to ``start_merge_step``, ID embeddings after
     6. decode     VAE → 8-bit images
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps
 from .errors import GenerationCancelled
 from .id_cache import IDEmbeddingCache
 from .id_encoder import PhotoMakerIDEncoder
+from .id_encoder_v2 import PhotoMakerIDEncoderV2
 from .options import start_merge_step
 from .preprocess import IDImageProcessor
 from .prompts import add_trigger_word, text_only_prompt, tokenize_id_prompt, tokenize_plain
@@ -51,7 +53,7 @@ class PhotoMakerPipeline:
     def __init__(
         self,
         sdxl: StableDiffusionXLPipeline,
-        id_encoder: PhotoMakerIDEncoder,
+        id_encoder: PhotoMakerIDEncoder | PhotoMakerIDEncoderV2,
         trigger_word: str = "img",
         id_cache: IDEmbeddingCache | None = None,
     ) -> None:
@@ -59,7 +61,7 @@ class PhotoMakerPipeline:
         self.id_encoder = id_encoder
         self.trigger_word = trigger_word
         self.id_cache = id_cache if id_cache is not None else IDEmbeddingCache(0)
-        self.id_processor = IDImageProcessor(id_encoder.id_config.image_size)
+        self.id_processor = IDImageProcessor(id_encoder.image_size)
         self.tokenizers = [sdxl.tokenizer, sdxl.tokenizer_2]
         self.text_encoders = [sdxl.text_encoder, sdxl.text_encoder_2]
         for tokenizer in self.tokenizers:
@@ -92,18 +94,22 @@ class PhotoMakerPipeline:
         strength: float = 1.0,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        face_embeds: Sequence[np.ndarray] | None = None,
     ) -> PipelineOutput:
+        """``face_embeds``: v2 only, one raw face embedding per photo (``faces.FaceAnalyzer``), in photo order."""
         timer = _Timer(self.device)
 
-        # 1-2. Prompts: the ID path (class word × N), the text-only path and the negative side (never sees the ID).
-        id_tokens = tokenize_id_prompt(self.tokenizers, prompt, self.trigger_word, num_id_tokens=len(id_images))
+        # 1-2. Prompts: the ID path (class word × N × tokens per photo), the text-only path and the negative side
+        # (never sees the ID).
+        copies = len(id_images) * self.id_encoder.tokens_per_photo
+        id_tokens = tokenize_id_prompt(self.tokenizers, prompt, self.trigger_word, num_id_tokens=copies)
         id_prompt = self.encode_token_ids(id_tokens.input_ids)
         text_only = self.encode_text(text_only_prompt(self.tokenizers[0], prompt, self.trigger_word))
         negative = self.encode_text(negative_prompt)
         timer.lap("encode_prompt")
 
         # 3. Stacked ID embeddings replace the class-word copies of the ID prompt.
-        id_embeds, hits = self.embed_id_images(id_images)
+        id_embeds, hits = self.embed_id_images(id_images, face_embeds)
         id_prompt.hidden = self.id_encoder.fuse_into_prompt(id_prompt.hidden, id_embeds, id_tokens.class_tokens_mask.to(self.device))
         timer.lap("id_encoding")
 
@@ -163,14 +169,24 @@ class PhotoMakerPipeline:
         return PromptEmbeddings(torch.cat(hidden_states, dim=-1).to(self.dtype), pooled.to(self.dtype))
 
     # --- 3. ID embeddings -----------------------------------------------------------------------------------
-    def embed_id_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, int]:
-        """(N, D) embeddings in photo order; photos seen before come from the cache."""
-        keys = [self.id_cache.key(image) for image in images]
+    def embed_id_images(
+        self, images: Sequence[Image.Image], face_embeds: Sequence[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """(N, D) embeddings (v1) or (N, tokens, D) (v2) in photo order; photos seen before come from the cache.
+
+        Cache keys carry the encoder version: one photo has a v1 and a v2 embedding. A v2 embedding depends on the
+        photo alone too (its face embedding is a function of its pixels for a given face model).
+        """
+        version = self.id_encoder.version
+        keys = [f"{version}:{self.id_cache.key(image)}" for image in images]
         cached = {key: emb for key in keys if (emb := self.id_cache.get(key)) is not None}
         todo = [i for i, key in enumerate(keys) if key not in cached]
         if todo:
             pixels = self.id_processor([images[i] for i in todo]).to(self.device, self.id_encoder.dtype)
-            fresh = self.id_encoder.embed_photos(pixels)
+            faces = None
+            if face_embeds is not None:
+                faces = torch.from_numpy(np.stack([face_embeds[i] for i in todo])).to(self.device, self.id_encoder.dtype)
+            fresh = self.id_encoder.embed_photos(pixels, faces)
             for i, embedding in zip(todo, fresh):
                 cached[keys[i]] = embedding
                 self.id_cache.put(keys[i], embedding)

@@ -6,7 +6,13 @@ The tokenizers are real: CLIP's BPE vocabulary ships with this package (``engine
 ``LICENSE-clip-bpe.txt`` there), so ``pip install`` alone gives a working demo. Every weight is random
 (fixed seeds), so images made with it are coloured noise and resemble no one; everything that runs on it says so.
 
-Two bases are built (``realistic`` and ``style``, different seeds) so that ``base_pipeline`` visibly matters.
+Two bases are built (``realistic`` and ``style``, different seeds) so that ``base_pipeline`` visibly matters, with
+a v1 and a v2 checkpoint (``photomaker-tiny-v1.bin``, ``photomaker-tiny-v2.bin``: the published key layouts) and a
+tiny InsightFace-shaped face model pack (``faces/``, see ``tiny_faces.py``) for v2.
+
+The text encoders are 64 wide each, so the ID width is 128: v2's perceiver has one attention head of 128, by the
+reference's own rule (heads = width // 128), and the reference implementation can be run on these files by
+setting its size constants to the ones below (``tiny_architecture()``).
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .checkpoint import save_checkpoint
 from .demo import DEMO_WARNING
+from .tiny_faces import save_face_pack
 from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
+from .id_encoder_v2 import IDEncoderV2Config, PhotoMakerIDEncoderV2
 
 log = logging.getLogger(__name__)
-TINY_VERSION = 1
-TEXT_WIDTH = 32  # both tiny text encoders; the ID embedding is 2 * TEXT_WIDTH wide
+TINY_VERSION = 2
+TEXT_WIDTH = 64  # both tiny text encoders; the ID embedding is 2 * TEXT_WIDTH wide
 TIME_EMBED = 8
 LORA_RANK = 4
 
@@ -154,10 +162,34 @@ def tiny_id_encoder_config() -> IDEncoderConfig:
     )
 
 
-def build_checkpoint_tensors(unet: UNet2DConditionModel, seed: int) -> tuple[dict, dict]:
+def tiny_id_encoder_v2_config() -> IDEncoderV2Config:
+    return IDEncoderV2Config(vision=tiny_id_encoder_config())
+
+
+def tiny_architecture() -> dict[str, object]:
+    """The sizes of the tiny ID encoders, for running another implementation (e.g. the reference) on the files."""
+    vision = tiny_id_encoder_config()
+    v2 = tiny_id_encoder_v2_config()
+    return {
+        "vision_tower": {"hidden_size": vision.hidden_size, "intermediate_size": vision.intermediate_size,
+                         "num_attention_heads": vision.num_attention_heads, "num_hidden_layers": vision.num_hidden_layers,
+                         "patch_size": vision.patch_size, "image_size": vision.image_size,
+                         "projection_dim": vision.projection_dim, "hidden_act": "quick_gelu"},
+        "visual_projection_2": [vision.hidden_size, vision.projection_dim_2],
+        "fuse_module_width": vision.embed_dim,
+        "v2_perceiver": {"id_embeddings_dim": v2.id_embed_dim, "cross_attention_dim": v2.embed_dim,
+                         "num_tokens": v2.num_tokens, "embedding_dim": vision.hidden_size, "depth": v2.depth,
+                         "dim_head": 128, "heads": v2.heads, "ff_mult": v2.ff_mult, "ratio": v2.token_proj_ratio},
+    }
+
+
+def build_checkpoint_tensors(unet: UNet2DConditionModel, seed: int, version: str = "v1") -> tuple[dict, dict]:
     """ID-encoder weights and a LoRA in the checkpoint's old attention-processor naming, for every attention."""
     torch.manual_seed(seed)
-    id_state = PhotoMakerIDEncoder(tiny_id_encoder_config()).state_dict()
+    if version == "v2":
+        id_state = PhotoMakerIDEncoderV2(tiny_id_encoder_v2_config()).state_dict()
+    else:
+        id_state = PhotoMakerIDEncoder(tiny_id_encoder_config()).state_dict()
     lora: dict[str, torch.Tensor] = {}
     for name, module in unet.named_modules():
         if not name.endswith(("attn1", "attn2")):
@@ -172,13 +204,16 @@ def build_checkpoint_tensors(unet: UNet2DConditionModel, seed: int) -> tuple[dic
 def ensure_tiny_model(root: Path) -> dict[str, Path]:
     """Build the tiny model under ``root`` once; return the locations to load it from.
 
-    ``{"photomaker": base dir, "photomaker-style": base dir, "checkpoint": file}``.
+    ``{"photomaker": base dir, "photomaker-style": base dir, "checkpoint": file, "checkpoint_v2": file,
+    "face_model": dir}``.
     """
     root = Path(root)
     locations = {
         "photomaker": root / "realistic",
         "photomaker-style": root / "style",
         "checkpoint": root / "photomaker-tiny-v1.bin",
+        "checkpoint_v2": root / "photomaker-tiny-v2.bin",
+        "face_model": root / "faces",
     }
     marker = root / "tiny-model.json"
     if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
@@ -193,7 +228,10 @@ def ensure_tiny_model(root: Path) -> dict[str, Path]:
         build_base(seed=1).save_pretrained(build / "style")
         id_state, lora = build_checkpoint_tensors(realistic.unet, seed=2)
         save_checkpoint(build / locations["checkpoint"].name, id_state, lora)
-        (build / marker.name).write_text(json.dumps({"version": TINY_VERSION, "warning": DEMO_WARNING}, indent=2))
+        save_checkpoint(build / locations["checkpoint_v2"].name, *build_checkpoint_tensors(realistic.unet, 3, "v2"))
+        save_face_pack(build / locations["face_model"].name)
+        (build / marker.name).write_text(json.dumps(
+            {"version": TINY_VERSION, "warning": DEMO_WARNING, "architecture": tiny_architecture()}, indent=2))
         if root.exists():  # an older version, or another process won the race
             if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
                 return locations

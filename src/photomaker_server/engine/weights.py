@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 OFFLINE_HINT = (
     "If this machine cannot reach huggingface.co, download the weights elsewhere and point at them: "
     "--base-model /path/to/diffusers-dir, --style-base-model /path/to/diffusers-dir, "
-    "--photomaker-checkpoint /path/to/photomaker-v1.bin (or the PHOTOMAKER_* environment variables). "
+    "--photomaker-checkpoint /path/to/photomaker-v1.bin, --photomaker-v2-checkpoint /path/to/photomaker-v2.bin, "
+    "--face-model /path/to/buffalo_l (or the PHOTOMAKER_* environment variables). "
     "To try the service without weights, use --tiny (random-weight demo model)."
 )
 

@@ -281,6 +281,13 @@ async function loadHealth() {
     banner.hidden = true;
   }
 
+  // PhotoMaker version: the server's default preselected; v2 offered only where the server enables it.
+  const version = $("#photomaker-version");
+  const v2 = health?.model?.photomaker_v2;
+  version.querySelector('option[value="v2"]').disabled = v2?.enabled === false;
+  if (health?.model?.default_version && !version.dataset.touched) version.value = health.model.default_version;
+  if (version.selectedOptions[0]?.disabled) version.value = "v1";
+
   const pipelines = health?.model?.base_pipelines;
   if (pipelines && typeof pipelines === "object") {
     const parts = Object.entries(pipelines).map(([name, value]) =>
@@ -499,6 +506,7 @@ function setupFileInputs() {
   initial.addEventListener("change", () => setInitialImage(initial.files?.[0] ?? null));
   $("#initial-remove").addEventListener("click", () => setInitialImage(null));
   $("#image-size").addEventListener("change", () => { state.imageSizeTouched = true; });
+  $("#photomaker-version").addEventListener("change", (event) => { event.target.dataset.touched = "1"; });
 
   const strength = $("#strength");
   const showStrength = () => { $("#strength-value").textContent = Number(strength.value).toFixed(2); };
@@ -642,6 +650,7 @@ function buildBody({ idUrls, initialUrl }) {
     // server) carries all of them, so fal's own clients and this page both work.
     image_archive_url: idUrls[0],
     base_pipeline: $("#base-pipeline").value,
+    photomaker_version: $("#photomaker-version").value,
     style: $("#style").value,
     negative_prompt: $("#negative-prompt").value,
     num_inference_steps: numberValue($("#steps")),

@@ -81,7 +81,7 @@ class Worker:
                 self.engine = Engine(EngineConfig.from_settings(self.settings))
             device = f"{self.engine.placement.device} ({str(self.engine.placement.dtype).removeprefix('torch.')})"
             self._update(device=device)
-            self.engine.load_all()
+            self.engine.load_all(version=self.settings.default_version)
             detail = "random-weight demo model" if self.settings.tiny else "model loaded"
             self._update(state="ready", detail=detail, loaded_bases=self.engine.loaded_bases())
             log.info("worker %s ready: %s, model loaded in %.1f s", self.worker_id, device,
@@ -211,7 +211,8 @@ class Worker:
             problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in error_details(exc))
             raise _JobError(f"The request is not valid on this server: {problems}", "input_error") from None
         inputs_started = time.perf_counter()
-        photos, initial = self.inputs.load(request, run.log)
+        named, initial = self.inputs.load_named(request, run.log)
+        photos, names = [image for _, image in named], [name for name, _ in named]
         inputs_time = time.perf_counter() - inputs_started
 
         step_started = [time.perf_counter()]
@@ -225,11 +226,12 @@ class Worker:
         started = time.perf_counter()
         try:
             result = self.engine.generate(
-                GenerationRequest(request, photos, initial), on_log=run.log, on_step=on_step,
+                GenerationRequest(request, photos, initial, id_image_names=names),
+                on_log=run.log, on_step=on_step,
                 should_cancel=lambda: run.should_stop() or self.shutdown.release_due(),
             )
         except InvalidRequest as exc:
-            raise _JobError(str(exc), "input_error") from None
+            raise _JobError(str(exc), exc.error_type) from None
         inference_time = time.perf_counter() - started
         self.counters.observe_inference(inference_time)
         run.hold_lines()  # what is logged from here on is stored with the job's result

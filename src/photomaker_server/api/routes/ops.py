@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from ...contract.request import IMAGE_SIZE_PRESETS
+from ...engine.demo import INSIGHTFACE_LICENSE_NOTICE, TINY_FACE_PACK
 from ...engine.styles import default_style, style_names
 from ...jobs.records import WorkerInfo, iso_utc
 from ...worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
-from ...settings import APP_ID
+from ...settings import APP_ID, Settings
 from ..context import get_ctx
 from ..metrics import CONTENT_TYPE_LATEST, render_metrics
 
@@ -64,6 +65,8 @@ def health(request: Request) -> dict:
             "base_pipelines": {"photomaker": ctx.settings.base_model, "photomaker-style": ctx.settings.style_base_model}
             if demo is None else {"photomaker": "tiny random-weight demo", "photomaker-style": "tiny random-weight demo"},
             "photomaker_checkpoint": ctx.settings.photomaker_checkpoint if demo is None else "tiny random-weight demo",
+            "default_version": ctx.settings.default_version,
+            "photomaker_v2": _v2(ctx.settings, demo is not None),
         },
         "trigger_word": ctx.settings.trigger_word,
         "max_num_images": ctx.settings.max_num_images,
@@ -71,6 +74,18 @@ def health(request: Request) -> dict:
         "default_style": default_style(),
         "image_size_presets": list(IMAGE_SIZE_PRESETS),
         "workers": _described(ctx, request, workers),
+    }
+
+
+def _v2(settings: Settings, demo: bool) -> dict:
+    """What v2 runs on, with the face models' licence whenever it is enabled."""
+    if not settings.enable_v2:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "checkpoint": "tiny random-weight demo" if demo else settings.photomaker_v2_checkpoint,
+        "face_model": TINY_FACE_PACK if demo else settings.face_model or "buffalo_l (InsightFace's download)",
+        "license_notice": INSIGHTFACE_LICENSE_NOTICE,
     }
 
 
