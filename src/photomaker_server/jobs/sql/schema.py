@@ -16,6 +16,7 @@ __all__ = [
     "job_logs",
     "jobs",
     "metadata",
+    "ops_counters",
     "secrets",
     "webhook_deliveries",
     "workers",
@@ -116,6 +117,15 @@ secrets = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+)
+
+#: Cluster-wide counts of fault events (leases expired, jobs run again, workers lost), incremented in the
+#: transaction that handles the event, so each is counted exactly once whichever process handled it.
+ops_counters = sa.Table(
+    "ops_counters",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
 )
 
 #: Every job column but the input (see ``Job.input``).
