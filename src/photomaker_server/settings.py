@@ -64,6 +64,9 @@ class Settings(BaseSettings):
 
     #: "text" for people, "json" for log collectors (one object per line).
     log_format: str = "text"
+    #: Access-log the probes (``/health``, ``/ready``) too; off by default: a load balancer polls them every few
+    #: seconds, and their answers are in ``/metrics`` and the database's own log lines.
+    log_probes: bool = False
 
     # --- auth ---------------------------------------------------------------------------------------
     #: Accepted API keys (``Authorization: Key <key>``). Empty: a key is generated into the data dir.
@@ -105,7 +108,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
 
     # --- queue --------------------------------------------------------------------------------------
+    #: How long a worker that stopped renewing keeps its job. Not counted while the database is unreachable: no
+    #: lease is judged until the database has been reachable for this long again.
     lease_seconds: float = 30.0
+    #: While the job database is unreachable, a request that needs it waits this long for it to come back before
+    #: it is answered 503 (0: at once). Within fal-client's 120 s timeout, under a reverse proxy's usual 60 s.
+    database_wait_s: float = Field(default=45.0, ge=0)
     max_attempts: int = 3
     result_ttl_hours: float = 24.0 * 7
     webhook_max_attempts: int = 10

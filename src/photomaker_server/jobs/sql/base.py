@@ -107,6 +107,9 @@ class SQLStoreBase:
                 self.health.failed(mapped)
                 raise mapped from exc
             raise
+        # Reached (a pooled connection is checked at checkout): reported before the work, so that the first
+        # transaction after an outage already knows the outage is over, and how long it lasted.
+        self.health.succeeded()
         try:
             yield conn
         except sa.exc.SQLAlchemyError as exc:
@@ -117,7 +120,6 @@ class SQLStoreBase:
             raise
         finally:
             conn.close()
-        self.health.succeeded()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

@@ -1,0 +1,105 @@
+"""While the job database reconnects, requests wait for it (up to ``database_wait_s``) instead of failing; probes
+and ``/metrics`` answer at once; past the wait the answer is the 503 a client can retry, never a 500."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from starlette.testclient import TestClient
+
+from photomaker_server.api.app import build_context, create_app
+from photomaker_server.deployment import open_deployment
+from photomaker_server.jobs.records import StoreUnavailable
+from photomaker_server.settings import APP_ID, Settings
+
+KEY = "db-wait-test-key"
+REQUEST = {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/faces.zip"}
+
+
+class FlakyStore:
+    """The real store, unreachable while ``down`` is set (each call fails as a refused connection would)."""
+
+    def __init__(self, store) -> None:  # noqa: ANN001
+        self._store, self.health, self.down = store, store.health, threading.Event()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if self.down.is_set():
+                self.health.failed("connection refused (simulated)")
+                raise StoreUnavailable("the database is unreachable: connection refused (simulated)")
+            return attr(*args, **kwargs)
+
+        return call
+
+    def outage(self, seconds: float) -> None:
+        """Down now, back after ``seconds`` (from another thread)."""
+        self.down.set()
+        threading.Timer(seconds, self.down.clear).start()
+
+
+@pytest.fixture
+def served(tmp_path):
+    def make(wait_s: float) -> tuple[TestClient, FlakyStore]:
+        settings = Settings(data_dir=tmp_path, api_keys=[KEY], database_wait_s=wait_s)
+        deployment = open_deployment(settings)
+        store = FlakyStore(deployment.store)
+        app = create_app(ctx=build_context(settings, replace(deployment, store=store)), housekeeping=False)
+        made.append(deployment)
+        return TestClient(app, headers={"Authorization": f"Key {KEY}"}), store
+
+    made: list = []
+    yield make
+    for deployment in made:
+        deployment.close()
+
+
+def test_a_submit_during_an_outage_waits_and_is_accepted_once(served):
+    client, store = served(wait_s=20)
+    store.outage(1.5)
+    started = time.monotonic()
+    answer = client.post(f"/{APP_ID}", json=REQUEST)
+    assert answer.status_code == 200, answer.text
+    assert time.monotonic() - started >= 1.2  # it waited for the database, then ran with the body it was sent
+    request_id = answer.json()["request_id"]
+    assert client.get(f"/{APP_ID}/requests/{request_id}/status").json()["status"] == "IN_QUEUE"
+    assert store.counts()["queued"] == 1  # accepted once
+    assert store.health.up and store.health.reconnects == 1
+
+
+def test_past_the_wait_the_answer_is_503_with_retry_after(served):
+    client, store = served(wait_s=0.5)
+    store.outage(5)
+    started = time.monotonic()
+    answer = client.post(f"/{APP_ID}", json=REQUEST)
+    waited = time.monotonic() - started
+    assert answer.status_code == 503 and answer.json()["error_type"] == "service_unavailable", answer.text
+    assert int(answer.headers["Retry-After"]) > 0
+    assert 0.4 <= waited < 4, waited
+    store.down.clear()
+
+
+def test_probes_and_metrics_answer_at_once_during_an_outage(served):
+    client, store = served(wait_s=20)
+    store.outage(10)
+    started = time.monotonic()
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["error_type"] == "service_unavailable"
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "photomaker_database_up 0.0" in metrics.text
+    assert 'photomaker_database_reconnects_total{process="api"} 0.0' in metrics.text
+    assert "photomaker_queue_depth" not in metrics.text  # not known now: absent, not repeated from memory
+    assert time.monotonic() - started < 3
+    store.down.clear()
+    store.ping()
+    after = client.get("/metrics").text
+    assert "photomaker_database_up 1.0" in after and "photomaker_queue_depth 0.0" in after
+    assert 'photomaker_database_reconnects_total{process="api"} 1.0' in after
+    assert "photomaker_lease_expiries_total 0.0" in after and "photomaker_workers_lost_total 0.0" in after
