@@ -463,6 +463,26 @@ class Poller:
         return self.codes
 
 
+class JsSubscriber:
+    """``fal.subscribe`` of the unmodified official JS client (``tests/clients/js_subscribe.mjs``) in a process."""
+
+    CLIENTS = Path(__file__).parent.parent / "clients"
+
+    def __init__(self, server_url: str, request: dict) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+        env.update(PM_URL=server_url, PM_KEY=OTHER_KEY, PM_INPUT=json.dumps(request))
+        self.process = reaper.track(subprocess.Popen(
+            ["node", "js_subscribe.mjs"], cwd=self.CLIENTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True))
+
+    def finish(self, timeout: float = 300) -> dict:
+        out, err = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, err
+        report = json.loads(out)
+        assert "error" not in report and report["images"] == 1, report
+        return report
+
+
 @pytest.fixture
 def python_client_to(monkeypatch):
     """Point the official Python client at a server over plain HTTP (its documented URL constants)."""
@@ -523,6 +543,7 @@ def test_a_crash_longer_than_the_lease_on_one_serve_costs_no_attempt_and_subscri
     with client(serve) as http:
         wait_ready(http)
         subscriber = Subscriber(body(steps=60, seed=1))
+        js = JsSubscriber(serve.url, body(steps=60, seed=3))
         wait_for("the request id", lambda: subscriber.request_id)
         poller = Poller(serve.url, subscriber.request_id)
         crash_postgres_during(cluster, http, [subscriber.request_id])
@@ -531,6 +552,7 @@ def test_a_crash_longer_than_the_lease_on_one_serve_costs_no_attempt_and_subscri
         result = subscriber.finish()
         assert result["seed"] == 1 and "InProgress" in subscriber.updates
         assert late.finish()["seed"] == 2
+        assert js.finish()["seed"] == 3
         codes = poller.stop()
         assert codes and set(codes) == {200}, (codes, poller.errors)  # held through the outage, never 500 or 503
         assert_first_attempt_only(http, subscriber.request_id)

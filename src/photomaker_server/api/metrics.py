@@ -1,9 +1,11 @@
 """``/metrics``: Prometheus exposition made with prometheus-client, from the job database at scrape time.
 
-Every number is read from the shared database when Prometheus scrapes (queue, outcomes, the workers' heartbeats
-with their counters), none is kept in this process's memory. So any API process of any replica answers for the
-whole cluster, and the answer is the same however many processes serve the API, which in-process counters (one
-set per uvicorn worker process) could not give.
+Every cluster number is read from the shared database when Prometheus scrapes (queue, outcomes, the workers'
+heartbeats with their counters, the fault counters), none is kept in this process's memory. So any API process of
+any replica answers for the whole cluster, and the answer is the same however many processes serve the API, which
+in-process counters (one set per uvicorn worker process) could not give. The exception is what only this process
+can know: whether it reaches the database (``photomaker_database_*``), which is also all a scrape says while the
+database is unreachable.
 
 Workers publish cumulative counters with each heartbeat; a worker that stops takes its counts with it, which
 Prometheus' ``rate()`` treats as a counter reset.
