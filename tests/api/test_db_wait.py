@@ -103,3 +103,15 @@ def test_probes_and_metrics_answer_at_once_during_an_outage(served):
     assert "photomaker_database_up 1.0" in after and "photomaker_queue_depth 0.0" in after
     assert 'photomaker_database_reconnects_total{process="api"} 1.0' in after
     assert "photomaker_lease_expiries_total 0.0" in after and "photomaker_workers_lost_total 0.0" in after
+
+
+def test_what_does_not_need_the_database_never_waits_for_it(served):
+    client, store = served(wait_s=20)
+    store.outage(10)
+    with pytest.raises(StoreUnavailable):
+        store.ping()  # the process knows the database is down
+    started = time.monotonic()
+    assert client.get("/.well-known/jwks.json").status_code == 200  # the signing keys are in memory
+    assert client.get("/").status_code == 200  # the web page
+    assert time.monotonic() - started < 3
+    store.down.clear()

@@ -11,7 +11,7 @@ docs/clients.md for exactly what each client does.
 How: an ASGI middleware. It keeps the request body as it is read, runs the app, and when the app's answer is the
 job database's 503 (marked in the request's state by the exception handler, see ``errors.py``) it holds that
 answer back, waits until the database answers a probe again (one probe per process at a time), and runs the app
-again with the same body. Responses that have begun (SSE streams, ``/run``) are never held back: those ride out
+again with the same body. Requests that do not need the database (files, uploads, the web page) never wait. Responses that have begun (SSE streams, ``/run``) are never held back: those ride out
 an outage themselves. A client that hung up while waiting is not served (no job is submitted for nobody).
 Probes (``/health``, ``/ready``) and ``/metrics`` are never held: they must answer at once, and say what is true.
 
@@ -142,17 +142,18 @@ class DatabaseWaitMiddleware:
         deadline = time.monotonic() + self.wait_s
         body = _Body(receive)
         while True:
-            if not self.probe.health.up:
-                await self.probe.wait_up(deadline)
-                if await body.client_gone():
-                    return
+            # Run first, whatever the database's state: a request that does not need it (a file, the web page)
+            # must not wait for it.
             state = dict(scope.get("state") or {})
             answer = _HeldAnswer(send, state)
             await self.app({**scope, "state": state}, body.replay(), answer.send)
             if not answer.held:
                 return
-            if time.monotonic() >= deadline or await body.client_gone():
+            if self.probe.health.up:  # back already (another call got through): give it a moment
+                await anyio.sleep(min(PROBE_EVERY_S, max(0.0, deadline - time.monotonic())))
+            back = await self.probe.wait_up(deadline)
+            if await body.client_gone():
+                return  # nobody to answer, and nothing to submit for nobody
+            if not back or time.monotonic() >= deadline:
                 await answer.release()
                 return
-            if self.probe.health.up:  # the store saw the failure but reports up again: wait a probe's interval
-                await anyio.sleep(PROBE_EVERY_S)
