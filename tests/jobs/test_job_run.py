@@ -142,3 +142,13 @@ def test_a_worker_whose_lease_was_taken_stops_and_writes_nothing_more(claimed, c
         run.flush()
     assert "Step 2/3" not in _messages(store, job.id)
     assert "no longer holds its lease (it is running on w2 now)" in caplog.text
+
+
+def test_the_job_s_own_end_is_not_taken_for_a_lost_lease(claimed, caplog):
+    store, job = claimed
+    with JobRun(store, job, "w", 30) as run:
+        run.ending()
+        assert store.complete(job.id, "w", {}, last_log="Completed")
+        time.sleep(1.2)  # the watch reads the job (completed) at least once before the run closes
+        assert not run.lease_lost.is_set()
+    assert "no longer holds its lease" not in caplog.text

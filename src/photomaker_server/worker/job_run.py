@@ -38,6 +38,9 @@ class JobRun:
         self._writing = False
         self._held = False
         self._closed = False
+        #: Set once the worker is storing the job's outcome: from then on that call is the fence (it is refused
+        #: if the lease was taken), and the job's own end must not read as a taken lease.
+        self._ending = False
         self._writer = threading.Thread(target=self._write_logs, name=f"logs-{job.id[:8]}", daemon=True)
 
     def __enter__(self) -> JobRun:
@@ -120,12 +123,12 @@ class JobRun:
                     state = self.store.renew_lease(self.job.id, self.worker_id, self.lease_s)
                     renewed, must_renew = time.monotonic(), False
                     if not state.held:
-                        self.fence("its lease renewal was refused")
+                        self.fence("its lease renewal was refused", watched=True)
                     cancel = state.cancel_requested
                 else:
                     job = self.store.get(self.job.id, with_input=False)
                     if job is None or job.status != JobStatus.RUNNING or job.lease_owner != self.worker_id:
-                        self.fence(_holder(job))
+                        self.fence(_holder(job), watched=True)
                     cancel = bool(job and job.cancel_requested)
             except StoreUnavailable:  # logged once per outage by the store; renew as soon as it is back
                 must_renew = True
@@ -137,9 +140,14 @@ class JobRun:
             if cancel:
                 self.cancelled.set()
 
-    def fence(self, why: str) -> None:
+    def ending(self) -> None:
+        """The worker is about to store the job's outcome (complete, fail, release). The lease is still renewed (the
+        outcome may wait out a database outage), but what the watch sees from now on may be this worker's own doing."""
+        self._ending = True
+
+    def fence(self, why: str, *, watched: bool = False) -> None:
         """This worker no longer holds the job: stop the run and write nothing more for it (said once)."""
-        if self.lease_lost.is_set():
+        if self.lease_lost.is_set() or (watched and self._ending):
             return
         self.lease_lost.set()
         log.warning("job %s: this worker (%s) no longer holds its lease (%s); stopping the run and writing nothing "

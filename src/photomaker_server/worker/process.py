@@ -213,6 +213,7 @@ class Worker:
         """Store the job's outcome (``finish()``: complete or fail); while the database is unreachable, keep the
         outcome and try again, since the lease is kept through the outage and renewed as soon as it is back. A
         worker that lost its lease meanwhile discards the outcome (fencing: the job is another worker's now)."""
+        run.ending()
         cut_off = False  # a try failed in flight: it may have committed all the same
         while True:
             try:
@@ -305,6 +306,7 @@ class Worker:
             return
         if isinstance(exc, GenerationCancelled) and not run.cancelled.is_set() and self.shutdown.release_due():
             run.flush()
+            run.ending()
             self._release(job)
             return
         if isinstance(exc, GenerationCancelled):
