@@ -252,7 +252,7 @@ def started_on(logs: list[dict]) -> list[str]:
 # --- PostgreSQL ---------------------------------------------------------------------------------------------------
 def test_postgres_restart_mid_run_answers_503_and_every_accepted_job_completes(cluster):
     # Requests are answered at once here (no wait for the database: PHOTOMAKER_DATABASE_WAIT_S=0); holding them
-    # through the outage is test_db_outage.py's.
+    # through the outage is the crash tests' below.
     api = cluster.replica(PHOTOMAKER_DATABASE_WAIT_S="0")
     cluster.worker()
     with client(api) as http:
