@@ -7,11 +7,14 @@ import threading
 import time
 from dataclasses import replace
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
 
 from photomaker_server.api.app import build_context, create_app
+from photomaker_server.api.db_wait import UNAVAILABLE_MARK, DatabaseProbe, DatabaseWaitMiddleware
 from photomaker_server.deployment import open_deployment
+from photomaker_server.jobs.health import DatabaseHealth
 from photomaker_server.jobs.records import StoreUnavailable
 from photomaker_server.settings import APP_ID, Settings
 
@@ -115,3 +118,46 @@ def test_what_does_not_need_the_database_never_waits_for_it(served):
     assert client.get("/").status_code == 200  # the web page
     assert time.monotonic() - started < 3
     store.down.clear()
+
+
+def test_a_body_in_many_chunks_reaches_the_app_once_per_run_and_in_full_again_after_a_wait():
+    """Driven at the ASGI level, as a server delivers a large body: in several chunks. The body is kept as it is
+    read (to be run again after the wait), and never served twice within one run."""
+    chunks = [bytes([i]) * 70_000 for i in range(5)]
+    runs: list[bytes] = []
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202 - a route that reads its body, then needs the db
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        runs.append(body)
+        status = 200
+        if len(runs) == 1:  # the first run finds the database down, as the exception handler would say it
+            scope["state"][UNAVAILABLE_MARK] = True
+            status = 503
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    health = DatabaseHealth()
+    sent: list[dict] = []
+    incoming = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():  # noqa: ANN202 - the client stays connected: nothing more comes after the body
+        if incoming:
+            return incoming.pop(0)
+        await anyio.sleep_forever()
+
+    async def send(message):  # noqa: ANN001, ANN202
+        sent.append(message)
+
+    async def main() -> None:
+        health.failed("connection refused")
+        middleware = DatabaseWaitMiddleware(app, DatabaseProbe(health, health.succeeded), wait_s=10)
+        await middleware({"type": "http", "path": "/fal-ai/photomaker", "state": {}}, receive, send)
+
+    anyio.run(main)
+    assert runs == [b"".join(chunks)] * 2  # both runs got the whole body, once
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200]  # the 503 was held back

@@ -93,10 +93,12 @@ class _Body:
 
         async def receive() -> Message:
             nonlocal position
-            if position < len(self.messages):
+            if position < len(self.messages):  # read by an earlier run: replayed
                 position += 1
                 return self.messages[position - 1]
-            return await self._read()
+            message = await self._read()
+            position = len(self.messages)  # a body message just read is this run's too: not served twice
+            return message
 
         return receive
 
