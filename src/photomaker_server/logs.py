@@ -31,7 +31,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(log_format: str = "text", role: str = "api", level: int = logging.INFO) -> None:
+#: Paths whose requests are not access-logged unless asked (``log_probes``): load balancers poll them.
+PROBE_PATHS = ("/health", "/ready")
+
+
+class _NoProbes(logging.Filter):
+    """Drops uvicorn's access lines for the probes (its record's args: client, method, path, version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in PROBE_PATHS
+        return True
+
+
+def configure_logging(log_format: str = "text", role: str = "api", level: int = logging.INFO,
+                      log_probes: bool = False) -> None:
+    """One handler on the root logger for every library; ``log_probes`` keeps the access lines of the probes."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter(role) if log_format == "json" else logging.Formatter(TEXT_FORMAT.format(role=role)))
     root = logging.getLogger()
@@ -41,3 +57,5 @@ def configure_logging(log_format: str = "text", role: str = "api", level: int = 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")
+    access.filters[:] = [] if log_probes else [_NoProbes()]

@@ -262,7 +262,7 @@ def serve(settings: Settings, run_worker: bool = True, api_processes: int = 1) -
     from .api.login import login_link
     from .worker.registry import forget_process
 
-    configure_logging(settings.log_format, "api")
+    configure_logging(settings.log_format, "api", log_probes=settings.log_probes)
     settings = with_demo_fallback(settings)
     cert = key = None
     if settings.tls:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
 
     #: "text" for people, "json" for log collectors (one object per line).
     log_format: str = "text"
+    #: Access-log the probes (``/health``, ``/ready``) too; off by default: a load balancer polls them every few
+    #: seconds, and their answers are in ``/metrics`` and the database's own log lines.
+    log_probes: bool = False
 
     # --- auth ---------------------------------------------------------------------------------------
     #: Accepted API keys (``Authorization: Key <key>``). Empty: a key is generated into the data dir.
@@ -152,7 +155,12 @@ class Settings(BaseSettings):
     # --- queue --------------------------------------------------------------------------------------
     #: Deployment-wide cap on queued (waiting) jobs: a submit beyond it gets 503 + Retry-After. 0: no cap.
     max_queued: int = Field(default=0, ge=0)
+    #: How long a worker that stopped renewing keeps its job. Not counted while the database is unreachable: no
+    #: lease is judged until the database has been reachable for this long again.
     lease_seconds: float = 30.0
+    #: While the job database is unreachable, a request that needs it waits this long for it to come back before
+    #: it is answered 503 (0: at once). Within fal-client's 120 s timeout, under a reverse proxy's usual 60 s.
+    database_wait_s: float = Field(default=45.0, ge=0)
     max_attempts: int = 3
     result_ttl_hours: float = 24.0 * 7
     webhook_max_attempts: int = 10

@@ -39,6 +39,8 @@ CALLS = {
     "remove_worker": lambda s, j: s.remove_worker("w"),
     "workers": lambda s, j: s.workers(),
     "shared_secret": lambda s, j: s.shared_secret("k", lambda: b"v"),
+    "ping": lambda s, j: s.ping(),
+    "ops_counts": lambda s, j: s.ops_counts(),
 }
 
 
@@ -67,8 +69,10 @@ def test_an_outage_raises_store_unavailable_and_the_store_recovers(private_pg):
             assert name  # (named in the traceback when it does not raise)
         with pytest.raises(StoreUnavailable):
             SQLJobStore(url)  # opening during the outage, too
+        assert not store.health.up and store.health.failures >= len(CALLS)
         private_pg.start()
         assert store.get(job.id).id == job.id  # the same object, no reopen
+        assert store.health.up and store.health.reconnects == 1 and store.health.failures == 0
         assert store.claim("w", 30).id == job.id
         assert store.complete(job.id, "w", {"ok": True})
         assert store.counts()["completed"] == 1

@@ -16,12 +16,14 @@ from ..engine.demo import DEMO_WARNING
 from ..jobs.housekeeping import Housekeeper
 from ..limits import KeyedLimits
 from ..settings import Settings
+from ..worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ..shared_secrets import generated_api_key
 from . import errors, openapi
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
 from .connections import ConnectionBudget
 from .context import AppContext
+from .db_wait import DatabaseProbe, DatabaseWaitMiddleware
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
 from .stored_files import QuotaStorage
@@ -67,7 +69,7 @@ def app_from_env() -> FastAPI:
     if parent is not None and os.getppid() != parent.pid:  # it died before the line above took effect
         raise SystemExit("the serve process that started this API process is gone")
     settings = Settings()
-    configure_logging(settings.log_format, "api")
+    configure_logging(settings.log_format, "api", log_probes=settings.log_probes)
     return create_app(settings)
 
 
@@ -81,7 +83,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
         if ctx.keys.cache is not None:  # revocations and new keys from any process, through the wake-ups
             following = ctx.keys.cache.follow(ctx.wakeups, stop)
         if housekeeping:
-            ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage, ctx.signer)
+            ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage, ctx.signer,
+                                          worker_stale_after_s=WORKER_STALE_AFTER_S)
             ctx.housekeeper.start(stop)
         try:
             yield
@@ -102,6 +105,9 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     )
     app.state.ctx = ctx
     errors.install(app)
+    # Inside the proxy (it sees the routes' own paths): requests wait here while the job database reconnects.
+    app.add_middleware(DatabaseWaitMiddleware, probe=DatabaseProbe(ctx.store.health, ctx.store.ping),
+                       wait_s=ctx.settings.database_wait_s)
     app.add_middleware(FalProxyMiddleware)
     # Added last, so it runs first: the body cap applies before anything reads a byte of the body.
     app.add_middleware(BodyLimitMiddleware,

@@ -16,6 +16,7 @@ from ..jobs.keys import KeyRevoked, LimitExceeded, QueueFull
 from ..jobs.records import StoreUnavailable
 from ..limits import QuotaExceeded
 from ..storage.base import StorageUnavailable
+from .db_wait import UNAVAILABLE_MARK
 
 #: HTTP status for each error_type a finished request can carry.
 ERROR_STATUS = {
@@ -120,8 +121,10 @@ async def _storage_unavailable_handler(request: Request, exc: StorageUnavailable
 
 
 async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) -> JSONResponse:
-    """The job database is down or restarting: a 503 the clients retry, never a 500. Accepted jobs are safe in
-    the database; the request that got this answer was not accepted."""
+    """The job database is down or restarting: a 503, never a 500. Accepted jobs are safe in the database; the
+    request that got this answer was not accepted. Marked in the request's state, so that ``db_wait`` can hold
+    it back and run the request again once the database is back."""
+    setattr(request.state, UNAVAILABLE_MARK, True)
     return error_response(503, "The job database is unreachable; retry shortly", "service_unavailable",
                           {"Retry-After": str(RETRY_AFTER_S)})
 

@@ -1,9 +1,11 @@
 """``/metrics``: Prometheus exposition made with prometheus-client, from the job database at scrape time.
 
-Every number is read from the shared database when Prometheus scrapes (queue, outcomes, the workers' heartbeats
-with their counters), none is kept in this process's memory. So any API process of any replica answers for the
-whole cluster, and the answer is the same however many processes serve the API, which in-process counters (one
-set per uvicorn worker process) could not give.
+Every cluster number is read from the shared database when Prometheus scrapes (queue, outcomes, the workers'
+heartbeats with their counters, the fault counters), none is kept in this process's memory. So any API process of
+any replica answers for the whole cluster, and the answer is the same however many processes serve the API, which
+in-process counters (one set per uvicorn worker process) could not give. The exception is what only this process
+can know: whether it reaches the database (``photomaker_database_*``), which is also all a scrape says while the
+database is unreachable.
 
 Workers publish cumulative counters with each heartbeat; a worker that stops takes its counts with it, which
 Prometheus' ``rate()`` treats as a counter reset.
@@ -11,7 +13,6 @@ Prometheus' ``rate()`` treats as a counter reset.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..jobs.protocol import JobStore
-from ..jobs.records import WorkerInfo
+from ..jobs.records import StoreUnavailable, WorkerInfo
 from ..worker.registry import INFERENCE_BUCKETS, WORKER_STATES
 
 __all__ = ["CONTENT_TYPE_LATEST", "ClusterCollector", "metrics_registry", "render_metrics"]
@@ -35,16 +36,53 @@ def _total(workers: list[WorkerInfo], name: str) -> float:
     return float(sum(w.stats.get(name, 0) for w in workers))
 
 
+#: The cluster's fault counters (``JobStore.ops_counts``): metric name → (counter, help).
+FAULT_COUNTERS = {
+    "photomaker_lease_expiries": ("lease_expiries", "Leases taken back from workers that stopped renewing them."),
+    "photomaker_jobs_rerun": ("jobs_rerun", "Requests queued again after their worker was lost (one per re-run)."),
+    "photomaker_workers_lost": ("workers_lost", "Workers that stopped heartbeating without a goodbye (killed)."),
+}
+
+
 class ClusterCollector(Collector):
-    """Reads the store on every ``collect``: queue depth, running and finished jobs, workers, their counters."""
+    """Reads the store on every ``collect``: queue depth, running and finished jobs, workers, their counters.
+
+    While the job database is unreachable it answers from what this process knows (``photomaker_database_up 0``,
+    how long the outage has lasted, reconnects) instead of failing the scrape: monitoring must not go blind
+    exactly when it matters. The series read from the database are absent from such a scrape (Prometheus marks
+    them stale) rather than repeated from memory as if current.
+    """
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.store.counts()
-        outcomes = self.store.outcomes()
-        workers = self.store.workers()
+        health = self.store.health
+        snapshot = None
+        if health.up:  # known down: do not wait for a connection attempt to say so
+            try:
+                snapshot = (self.store.counts(), self.store.outcomes(), self.store.workers(), self.store.ops_counts())
+            except StoreUnavailable:
+                snapshot = None
+        yield GaugeMetricFamily("photomaker_database_up",
+                                "1 when this process reaches the job database, 0 while it cannot.",
+                                value=1 if snapshot is not None else 0)
+        yield GaugeMetricFamily("photomaker_database_unreachable_seconds",
+                                "How long the current job database outage has lasted, as seen by this process.",
+                                value=health.down_for())
+        reconnects = CounterMetricFamily(
+            "photomaker_database_reconnects",
+            "Job database outages that ended: seen by this API process, and by the live workers together.",
+            labels=["process"])
+        reconnects.add_metric(["api"], health.reconnects)
+        if snapshot is not None:
+            reconnects.add_metric(["workers"], _total(snapshot[2], "database_reconnects"))
+        yield reconnects
+        if snapshot is None:
+            return
+        counts, outcomes, workers, faults = snapshot
+        for name, (key, description) in FAULT_COUNTERS.items():
+            yield CounterMetricFamily(name, description, value=faults.get(key, 0))
         yield GaugeMetricFamily("photomaker_queue_depth", "Requests waiting in the queue.", value=counts["queued"])
         yield GaugeMetricFamily("photomaker_jobs_running", "Requests being generated now.", value=counts["running"])
         finished = GaugeMetricFamily(
@@ -66,7 +104,7 @@ class ClusterCollector(Collector):
             "photomaker_worker_heartbeat_age_seconds", "Seconds since each live worker's last heartbeat.",
             labels=["worker", "host", "device", "state"],
         )
-        now = time.time()
+        now = self.store.now()
         for w in workers:
             age.add_metric([w.id, w.host, w.device, w.state], max(0.0, now - w.heartbeat_at))
         yield age

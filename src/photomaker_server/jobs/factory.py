@@ -6,7 +6,6 @@ Accepted: a filesystem path or ``sqlite:///path`` (SQLite, one host), ``postgres
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ __all__ = ["open_job_store"]
 def open_job_store(
     url: str | Path,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     publish: Callable[[str], None] | None = None,
     notify_channel: str | None = None,
 ) -> JobStore:

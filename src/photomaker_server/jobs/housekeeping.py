@@ -18,16 +18,23 @@ from ..settings import Settings
 from ..storage.base import FileStorage
 from .results import result_keys
 from .protocol import JobStore
+from .records import StoreUnavailable
 from .webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body
 
 log = logging.getLogger(__name__)
 TICK_S = 0.5
 CLEANUP_EVERY_S = 60.0
+#: How often the worker registry is swept for workers that died without a goodbye.
+REGISTRY_CHECK_S = 5.0
 
 
 class Housekeeper:
-    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage, signer: WebhookSigner) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage, signer: WebhookSigner,
+                 worker_stale_after_s: float | None = None) -> None:
         self.settings, self.store, self.storage = settings, store, storage
+        #: Registry rows silent this long are workers that died without a goodbye (None: left alone).
+        self.worker_stale_after_s = worker_stale_after_s
+        self._last_registry_check = 0.0
         policy = FetchPolicy.from_settings(settings)
         self.webhooks = WebhookDispatcher(
             store,
@@ -44,9 +51,13 @@ class Housekeeper:
         return self.storage.url_for(key, self.settings.base_url)
 
     def tick(self) -> None:
-        for job_id in self.store.requeue_expired_leases():
-            log.warning("worker lost while running %s; requeued or failed", job_id)
+        # No lease is judged before the database has been reachable for a lease period (see the store); the store
+        # says which worker stopped renewing which job.
+        self.store.requeue_expired_leases(grace_s=self.settings.lease_seconds)
         self.store.expire_deadlines()
+        if self.worker_stale_after_s is not None and time.time() - self._last_registry_check > REGISTRY_CHECK_S:
+            self._last_registry_check = time.time()
+            self.store.forget_lost_workers(self.worker_stale_after_s, grace_s=self.settings.lease_seconds)
         if time.time() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.time()
             self.cleanup()
@@ -68,6 +79,8 @@ class Housekeeper:
         while not stop.is_set():
             try:
                 self.tick()
+            except StoreUnavailable:  # said once per outage by the store; the next tick retries
+                pass
             except Exception:  # keep the loop alive; the next tick retries
                 log.exception("housekeeping tick failed")
             stop.wait(TICK_S)

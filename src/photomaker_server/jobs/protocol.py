@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any, Protocol
 
 from ..limits import StorageQuota, StorageUsage
+from .health import DatabaseHealth
 from .keys import ApiKey, KeyLimits, KeyUsage
 from .records import CancelOutcome, Delivery, Job, LeaseState, LogLine, WorkerInfo
 
@@ -46,7 +47,9 @@ class JobStore(Protocol):
 
     def append_log(self, job_id: str, message: str, level: str = "INFO") -> LogLine: ...
 
-    def append_logs(self, job_id: str, lines: list[tuple[str, str]]) -> list[LogLine]: ...
+    def append_logs(
+        self, job_id: str, lines: list[tuple[str, str]], *, held_by: str | None = None
+    ) -> list[LogLine]: ...
 
     def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]: ...
 
@@ -74,7 +77,9 @@ class JobStore(Protocol):
     # -- housekeeping and metrics --
     def expire_deadlines(self) -> list[str]: ...
 
-    def requeue_expired_leases(self) -> list[str]: ...
+    def requeue_expired_leases(self, grace_s: float = 0.0) -> list[str]:
+        """``grace_s``: judge no lease before the database has been reachable from this process that long."""
+        ...
 
     def cleanup(self, older_than_seconds: float) -> list[Job]: ...
 
@@ -118,6 +123,22 @@ class JobStore(Protocol):
     def remove_worker(self, worker_id: str) -> None: ...
 
     def workers(self, max_age_s: float | None = 15.0) -> list[WorkerInfo]: ...
+
+    def forget_lost_workers(self, stale_after_s: float, grace_s: float = 0.0) -> list[WorkerInfo]:
+        """Remove (and count) registry rows silent for ``stale_after_s``: workers that died without a goodbye."""
+        ...
+
+    # -- faults and reachability --
+    #: This process's view of the database: reachable or not, since when, reconnects (``jobs.health``).
+    health: DatabaseHealth
+
+    def ping(self) -> None:
+        """One round trip; StoreUnavailable while the database cannot be reached."""
+        ...
+
+    def ops_counts(self) -> dict[str, int]:
+        """Cluster-wide fault counters: ``lease_expiries``, ``jobs_rerun``, ``workers_lost`` (absent: 0)."""
+        ...
 
     def shared_secret(self, name: str, create: Callable[[], bytes]) -> bytes: ...
 

@@ -25,6 +25,7 @@ __all__ = [
     "Delivery",
     "Job",
     "JobStatus",
+    "LeaseLost",
     "LeaseState",
     "LogLine",
     "SchemaTooNew",
@@ -93,6 +94,11 @@ ERROR_TYPE_RUNNER = "runner_server_error"
 class StoreUnavailable(Exception):
     """The database cannot be reached right now (refused, dropped, restarting). Retry later; the API answers
     503 with Retry-After. The store object stays usable: it reconnects on a later call."""
+
+
+class LeaseLost(Exception):
+    """The worker writing for a job no longer holds its lease (it was taken back and may run elsewhere): the
+    write was refused, and the worker must stop its run (fencing)."""
 
 
 class SchemaTooNew(RuntimeError):

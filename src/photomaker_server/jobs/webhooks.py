@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .protocol import JobStore
-from .records import Delivery, Job
+from .records import Delivery, Job, StoreUnavailable
 from .results import UrlRenderer, render_result
 
 __all__ = [
@@ -318,6 +318,8 @@ class WebhookDispatcher:
         while not stop_event.is_set():
             try:
                 busy = self.run_once()
+            except StoreUnavailable:  # said once per outage by the store; the next pass retries
+                busy = 0
             except Exception:  # e.g. a locked database: the next pass retries
                 log.exception("webhook dispatcher pass failed")
                 busy = 0

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..contract.result import StoredImage, StoredOutput
 from ..engine.demo import DEMO_WARNING
 from ..inputs.errors import InputError
 from ..inputs.resolve import InputLoader
-from ..jobs.records import CANCELLED_ERROR, Job, StoreUnavailable, WorkerInfo
+from ..jobs.records import CANCELLED_ERROR, Job, JobStatus, StoreUnavailable, WorkerInfo
 from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
@@ -48,6 +49,8 @@ IDLE_RECHECK_S = 2.0
 STOP_CHECK_S = 0.2
 #: A registry change (the job in hand) is written this long after it happened, together with any that follow.
 REGISTRY_DEBOUNCE_S = 0.05
+#: While the job database is unreachable, how often a finished job's outcome is offered again.
+FINISH_RETRY_S = 0.5
 
 
 class Worker:
@@ -106,10 +109,13 @@ class Worker:
     def _beat(self) -> None:
         if self.stop.is_set() and self.info.state == "ready":
             self.info = replace(self.info, state="stopping", detail="stopping: finishing or handing back its job")
+        self.counters.database_reconnects = self.store.health.reconnects
         try:
             self.store.heartbeat(replace(self.info, stats=self.counters.as_dict()))
-        except Exception:  # the database is down: the next beat retries (the registry tolerates gaps)
-            log.warning("heartbeat failed (job database unreachable?)")
+        except StoreUnavailable:  # the outage is logged once by the store; the next beat retries
+            pass
+        except Exception:  # noqa: BLE001 - the registry tolerates gaps
+            log.exception("heartbeat failed")
 
     def _heartbeat(self) -> None:
         while not self._exited.is_set():
@@ -129,6 +135,8 @@ class Worker:
     def run(self) -> None:
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
+        # Back from an outage: say so in the registry now (``/ready``), not at the next beat.
+        self.store.health.on_reconnect(self._beat_now.set)
         try:
             with self.deployment.wakeups.subscribe("work") as work:  # before the first look: no submit is missed
                 self.load()
@@ -151,7 +159,9 @@ class Worker:
                             self.process(job)
                         finally:
                             self._update_soon(current_job=None)
-                    except Exception:  # the database is down or broke: keep the model loaded and try again
+                    except StoreUnavailable:  # logged once per outage by the store: keep the model, try again
+                        self.stop.wait(1.0)
+                    except Exception:  # the database broke otherwise: keep the model loaded and try again
                         log.exception("store error; retrying in a second (an unfinished job returns when its lease expires)")
                         self.stop.wait(1.0)
         finally:
@@ -196,8 +206,37 @@ class Worker:
             # COMPLETED, so a line written after it would be missed. Those not yet written, and the last one, go in
             # the completing transaction.
             pending = run.take_pending()
-            self.store.complete(job.id, self.worker_id, result, inference_time,
-                                last_log="Completed", logs=pending)
+            self._finish(job, run, "result", lambda: self.store.complete(
+                job.id, self.worker_id, result, inference_time, last_log="Completed", logs=pending))
+
+    def _finish(self, job: Job, run: JobRun, what: str, finish: Callable[[], bool]) -> None:
+        """Store the job's outcome (``finish()``: complete or fail); while the database is unreachable, keep the
+        outcome and try again, since the lease is kept through the outage and renewed as soon as it is back. A
+        worker that lost its lease meanwhile discards the outcome (fencing: the job is another worker's now)."""
+        run.ending()
+        cut_off = False  # a try failed in flight: it may have committed all the same
+        while True:
+            try:
+                if finish():
+                    return
+                break
+            except StoreUnavailable:
+                if run.lease_lost.is_set():
+                    break
+                cut_off = True
+                time.sleep(FINISH_RETRY_S)
+        if cut_off and not run.lease_lost.is_set():
+            current = self._read_quietly(job.id)
+            if current is not None and current.status == JobStatus.COMPLETED:
+                return  # stored by the try whose answer the outage cut off
+        run.fence(f"its {what} could not be stored")
+        log.warning("job %s: %s discarded (another worker runs the job)", job.id, what)
+
+    def _read_quietly(self, job_id: str) -> Job | None:
+        try:
+            return self.store.get(job_id, with_input=False)
+        except StoreUnavailable:
+            return None
 
     def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
         from ..engine.errors import InvalidRequest
@@ -265,11 +304,11 @@ class Worker:
         from ..engine.checkpoint import CheckpointError
         from ..engine.errors import GenerationCancelled, WeightsUnavailable
 
-        if run.lease_lost.is_set():
-            log.warning("lost the lease on %s; another worker will run it", job.id)
+        if run.lease_lost.is_set():  # fenced: said by the run, and nothing more is written for this job
             return
         if isinstance(exc, GenerationCancelled) and not run.cancelled.is_set() and self.shutdown.release_due():
             run.flush()
+            run.ending()
             self._release(job)
             return
         if isinstance(exc, GenerationCancelled):
@@ -287,7 +326,7 @@ class Worker:
             message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
         run.log(message, "ERROR")
         run.flush()
-        self.store.fail(job.id, self.worker_id, message, error_type)
+        self._finish(job, run, "error", lambda: self.store.fail(job.id, self.worker_id, message, error_type))
 
 
 class _JobError(Exception):

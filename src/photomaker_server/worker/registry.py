@@ -35,6 +35,8 @@ class WorkerCounters:
     id_cache_hits: int = 0
     id_cache_misses: int = 0
     jobs_done: int = 0
+    #: Outages of the job database this worker has seen end (``/metrics``).
+    database_reconnects: int = 0
 
     def observe_step(self, seconds: float) -> None:
         self.steps_total += 1

@@ -21,15 +21,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..health import DatabaseHealth
 from ..records import (
     ERROR_TYPE_CANCELLED,
     MAX_LOG_MESSAGE_CHARS,
     LogLine,
+    StoreUnavailable,
     job_topic,
     log_topic,
     normalise_level,
     topics_to_announce,
 )
+from .clock import DatabaseClock
 from .connect import backend_for, database_url, unavailable
 from .rows import dumps
 from .schema import key_usage, webhook_deliveries
@@ -46,7 +49,8 @@ class SQLStoreBase:
         self,
         url_or_path: str | Path,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        local_clock: Callable[[], float] = time.time,
         publish: Callable[[str], None] | None = None,
         notify_channel: str | None = None,
     ) -> None:
@@ -57,11 +61,19 @@ class SQLStoreBase:
         self._notify_channel = notify_channel
         #: When ``claim`` last did housekeeping (store clock); -inf: at the next claim.
         self._housekept_at = float("-inf")
+        #: ``health.reconnects`` when expired leases were last kept through an outage (said once per outage).
+        self._kept_leases_after = -1
         #: The one statement on the job path that depends on the backend (how it numbers submissions).
         self._insert_job = insert_job(self._backend.next_seq_expression())
         self._add_usage = _usage_upsert(self._backend.insert(key_usage))
         self._engine = self._backend.create_engine(self.url)
-        self._clock = clock
+        # The store's clock: given (tests), else the database server's as seen from here (``clock.py``; on
+        # SQLite, one host, that is this machine's own).
+        server_time = self._backend.server_time()
+        self._db_clock = None if clock is not None or server_time is None else DatabaseClock(server_time, local_clock)
+        self._clock = clock or self._db_clock or local_clock
+        #: This process's view of the database (reachable since when, outages): see ``jobs.health``.
+        self.health = DatabaseHealth(self._clock)
         self._publish = publish
         try:
             upgrade_engine(self._engine, self._backend)  # logs what it changes
@@ -71,6 +83,19 @@ class SQLStoreBase:
             if mapped is not None:
                 raise mapped from exc
             raise
+        if self._db_clock is not None:
+            self._sample_clock()
+            self.health.reachable_since = self._clock()
+            self.health.on_reconnect(self._sample_clock)
+
+    def _sample_clock(self) -> None:
+        """Measure the database clock's offset (at open, and after each reconnect: it may be another host now)."""
+        assert self._db_clock is not None
+        try:
+            with self._read() as conn:
+                self._db_clock.sample(conn)
+        except StoreUnavailable:  # gone again: the next reconnect measures it
+            pass
 
     @property
     def dialect(self) -> str:
@@ -81,18 +106,25 @@ class SQLStoreBase:
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
+        """A pooled connection; an unreachable database raises ``StoreUnavailable`` and is reported to
+        :attr:`health`, as is the first call that works again."""
         try:
             conn = self._engine.connect()
         except sa.exc.SQLAlchemyError as exc:
             mapped = unavailable(exc, connecting=True)
             if mapped is not None:
+                self.health.failed(mapped)
                 raise mapped from exc
             raise
+        # Reached (a pooled connection is checked at checkout): reported before the work, so that the first
+        # transaction after an outage already knows the outage is over, and how long it lasted.
+        self.health.succeeded()
         try:
             yield conn
         except sa.exc.SQLAlchemyError as exc:
             mapped = unavailable(exc)
             if mapped is not None:
+                self.health.failed(mapped)
                 raise mapped from exc
             raise
         finally:
@@ -143,6 +175,12 @@ class SQLStoreBase:
     def now(self) -> float:
         """The store's clock (tests inject a fake one)."""
         return self._clock()
+
+    def ping(self) -> None:
+        """One round trip (``SELECT 1``): StoreUnavailable while the database cannot be reached. What a waiting
+        request probes with while the database reconnects."""
+        with self._read() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
         self._engine.dispose()

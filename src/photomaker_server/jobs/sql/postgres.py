@@ -21,6 +21,8 @@ from .schema import JOBS_SEQUENCE
 
 _NOTIFY = sa.text("SELECT pg_notify(:channel, topic) FROM unnest(CAST(:topics AS text[])) AS topic")
 
+_SERVER_TIME = sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+
 #: A pooled connection idle for longer than this is pinged before it is handed out, whatever its socket says.
 PING_AFTER_IDLE_S = 30.0
 _IDLE_SINCE = "photomaker_idle_since"
@@ -60,6 +62,11 @@ class PostgresBackend:
     @staticmethod
     def prepare_write(conn: Connection) -> None:
         """Nothing: writers lock only the rows they touch."""
+
+    @staticmethod
+    def server_time() -> sa.TextClause:
+        """The server's clock in epoch seconds (the store reads time as the database's: ``clock.py``)."""
+        return _SERVER_TIME
 
     @staticmethod
     def next_seq_expression() -> sa.ColumnElement[int]:

@@ -19,6 +19,7 @@ __all__ = [
     "jobs",
     "key_usage",
     "metadata",
+    "ops_counters",
     "secrets",
     "storage_owners",
     "stored_files",
@@ -193,6 +194,15 @@ key_usage = sa.Table(
     sa.Column("jobs_cancelled", sa.Integer, nullable=False),
     sa.Column("images", sa.Integer, nullable=False),
     sa.Column("inference_seconds", sa.Double, nullable=False),
+)
+
+#: Cluster-wide counts of fault events (leases expired, jobs run again, workers lost), incremented in the
+#: transaction that handles the event, so each is counted exactly once whichever process handled it.
+ops_counters = sa.Table(
+    "ops_counters",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
 )
 
 #: Every job column but the input (see ``Job.input``).

@@ -90,6 +90,11 @@ class SQLiteBackend:
         conn.execution_options(**{WRITE_OPTION: True})
 
     @staticmethod
+    def server_time() -> None:
+        """None: the database is a file on this machine, so its clock is ours."""
+        return None
+
+    @staticmethod
     def next_seq_expression() -> sa.ColumnElement[int]:
         """The next submission number, as SQL evaluated inside the INSERT (safe: the writer holds the lock)."""
         return sa.select(sa.func.coalesce(sa.func.max(jobs.c.seq), 0) + 1).scalar_subquery()

@@ -28,6 +28,7 @@ __all__ = [
     "HAS_WORK",
     "HOUSEKEEPING_DUE",
     "INSERT_LOG",
+    "LOCK_HELD_JOB",
     "LOCK_JOB",
     "LOGS_AFTER",
     "POSITION_OF_ID",
@@ -53,6 +54,9 @@ GET_JOB = {(w, o): _get(w, o) for w in (True, False) for o in (True, False)}
 #: The job row, locked until the transaction ends (PostgreSQL; SQLite's write lock does the same): the order of a
 #: job's log lines.
 LOCK_JOB = sa.select(_c.id).where(_c.id == _p("p_job_id")).with_for_update()
+
+#: :data:`LOCK_JOB` only while worker ``p_worker`` holds the job's lease: a fenced writer finds nothing.
+LOCK_HELD_JOB = LOCK_JOB.where(_c.status == _RUNNING, _c.lease_owner == _p("p_worker"))
 
 #: A log line: ``job_id``, ``ts``, ``level``, ``message`` (its id comes back as the inserted primary key).
 INSERT_LOG = job_logs.insert()

@@ -13,6 +13,7 @@ visited in id order, so two PostgreSQL transactions never wait on each other in 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,6 +32,7 @@ from ..records import (
     CancelOutcome,
     Job,
     JobStatus,
+    LeaseLost,
     LeaseState,
     LogLine,
     WORK_TOPIC,
@@ -43,7 +45,7 @@ from .keys import KeysMixin
 from .outbox import OutboxMixin
 from .quota import QuotaMixin
 from .rows import chunks, dumps, to_job, to_log_line
-from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries
+from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries, workers
 from .statements import (
     ADMISSION,
     CLAIM_NEXT,
@@ -54,6 +56,7 @@ from .statements import (
     GET_JOB,
     HAS_WORK,
     HOUSEKEEPING_DUE,
+    LOCK_HELD_JOB,
     LOCK_JOB,
     LOGS_AFTER,
     POSITION_OF_ID,
@@ -61,6 +64,8 @@ from .statements import (
 )
 
 __all__ = ["CLAIM_HOUSEKEEPING_S", "SQLJobStore"]
+
+log = logging.getLogger(__name__)
 
 #: How often (store clock, per process) :meth:`SQLJobStore.claim` does housekeeping first: not on every claim, which
 #: is on every job's critical path.
@@ -231,7 +236,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
             if abs(now - self._housekept_at) >= CLAIM_HOUSEKEEPING_S:
                 if conn.execute(HOUSEKEEPING_DUE, {"p_now": now}).first() is not None:
                     self._expire_deadlines(conn, now)
-                    self._requeue_expired(conn, now)
+                    self._requeue_expired(conn, now, lease_seconds)
                 self._housekept_at = now
             params = {"p_now": now, "p_worker": worker_id, "p_expires": now + lease_seconds}
             postgres = self._backend.name == "postgresql"
@@ -360,25 +365,35 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                 expired.append(job_id)
         return expired
 
-    def requeue_expired_leases(self) -> list[str]:
+    def requeue_expired_leases(self, grace_s: float = 0.0) -> list[str]:
         """Recover jobs whose worker died: back to the queue, or give up after ``max_attempts``.
 
-        Returns the ids of every job touched. A job whose cancellation was requested is completed as
-        cancelled instead of running again.
+        ``grace_s`` (the lease length): judge no lease until the database has been reachable from this process
+        for that long, since nobody could renew a lease while it was down (nor while this process was not
+        running); a live worker renews at once when it is back. Returns the ids of every job touched. A job
+        whose cancellation was requested is completed as cancelled instead of running again.
         """
         now = self._clock()
         with self._write() as conn:
-            return self._requeue_expired(conn, now)
+            return self._requeue_expired(conn, now, grace_s)
 
-    def _requeue_expired(self, conn: Connection, now: float) -> list[str]:
+    def _requeue_expired(self, conn: Connection, now: float, grace_s: float) -> list[str]:
         guard = sa.and_(jobs.c.status == _RUNNING, jobs.c.lease_expires_at < now)
         rows = conn.execute(
-            sa.select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.cancel_requested)
+            sa.select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.cancel_requested, jobs.c.lease_owner,
+                      jobs.c.lease_expires_at, workers.c.heartbeat_at)
+            .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.lease_owner))
             .where(guard)
             .order_by(jobs.c.id)
         ).all()
-        touched = []
-        for job_id, attempts, max_attempts, cancel_requested in rows:
+        if rows and self.health.reachable_for() < grace_s:
+            self._keep_leases(rows, grace_s)
+            return []
+        touched, requeued = [], 0
+        for job_id, attempts, max_attempts, cancel_requested, owner, expired_at, heartbeat_at in rows:
+            gone = (f"stopped heartbeating {now - heartbeat_at:.0f} s ago" if heartbeat_at is not None
+                    else "is no longer registered (it exited or was killed)")
+            log.warning("worker %s %s; its lease on %s expired %.0f s ago", owner, gone, job_id, now - expired_at)
             if cancel_requested:
                 if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
@@ -395,12 +410,30 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                     .values(status=_QUEUED, lease_owner=None, lease_expires_at=None)
                 )
                 if res.rowcount == 1:
+                    # The client's log says what happened to its request; which worker, and why, is the operator's.
                     message = f"Worker lost; retrying (attempt {attempts + 1} of {max_attempts})"
                     self._insert_log(conn, job_id, message, "WARN", now)
                     self._notify(WORK_TOPIC)
                     self._notify(job_topic(job_id))
                     touched.append(job_id)
+                    requeued += 1
+        if touched:
+            self._count(conn, "lease_expiries", len(touched))
+        if requeued:
+            self._count(conn, "jobs_rerun", requeued)
         return touched
+
+    def _keep_leases(self, rows: Sequence[Any], grace_s: float) -> None:
+        """Say once per outage why expired leases are not taken back yet (their workers may be alive)."""
+        health = self.health
+        if self._kept_leases_after == health.reconnects:
+            return
+        self._kept_leases_after = health.reconnects
+        outage = (f"the database was unreachable for {health.last_outage_s:.0f} s" if health.reconnects
+                  else "this process has just started")
+        log.warning("%s: %d job(s) whose lease ran out meanwhile (%s) keep their leases until it has been reachable "
+                    "for %.0f s, so that live workers can renew them", outage, len(rows),
+                    ", ".join(row[0] for row in rows[:5]), grace_s)
 
     def cleanup(self, older_than_seconds: float) -> list[Job]:
         """Delete completed jobs that finished more than ``older_than_seconds`` ago, with their logs and
@@ -428,10 +461,13 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         """Add a log line (levels: INFO WARN ERROR DEBUG STDOUT STDERR). KeyError for an unknown job."""
         return self.append_logs(job_id, [(message, level)])[0]
 
-    def append_logs(self, job_id: str, lines: list[tuple[str, str]]) -> list[LogLine]:
+    def append_logs(
+        self, job_id: str, lines: list[tuple[str, str]], *, held_by: str | None = None
+    ) -> list[LogLine]:
         """Add several ``(message, level)`` lines in one transaction, in order (one commit and one wake-up for a
         burst, e.g. a running job's lines queued while the previous write was in flight). KeyError for an unknown
-        job; nothing is added then."""
+        job; nothing is added then. ``held_by``: only while that worker holds the job's lease, else
+        :class:`LeaseLost` (a worker whose lease was taken must not write into the next run's log)."""
         if not lines:
             return []
         now = self._clock()
@@ -440,7 +476,10 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                 # The job row's lock (PostgreSQL; SQLite's write lock does the same) orders a job's log lines:
                 # every other writer of its logs updates that row first, so ids are taken, and committed, in
                 # order, and a reader following with ``after_id`` never skips a line.
-                if conn.execute(LOCK_JOB, {"p_job_id": job_id}).scalar() is None:
+                if held_by is not None:
+                    if conn.execute(LOCK_HELD_JOB, {"p_job_id": job_id, "p_worker": held_by}).scalar() is None:
+                        raise LeaseLost(job_id)
+                elif conn.execute(LOCK_JOB, {"p_job_id": job_id}).scalar() is None:
                     raise KeyError(job_id)
                 return [self._insert_log(conn, job_id, message, level, now) for message, level in lines]
         except sa.exc.IntegrityError:  # PostgreSQL: cleanup deleted the job between the check and the insert

@@ -146,7 +146,7 @@ class PostgresWakeups(HubWakeups):
                     self._listener = self._listen()
                 except Exception as exc:
                     level = logging.WARNING if delay == _BACKOFF_FIRST_S else logging.DEBUG  # once per outage
-                    log.log(level, "wake-up listener cannot reach PostgreSQL (retrying with backoff): %s", exc)
+                    log.log(level, "wake-up listener cannot reach PostgreSQL (retrying with backoff): %s", _first_line(exc))
                     self._closing.wait(delay * random.uniform(0.8, 1.2))
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                     continue
@@ -158,7 +158,7 @@ class PostgresWakeups(HubWakeups):
             except Exception as exc:
                 if self._closing.is_set():
                     break
-                log.warning("wake-up listener lost its PostgreSQL connection: %s", exc)
+                log.warning("wake-up listener lost its PostgreSQL connection: %s", _first_line(exc))
                 with contextlib.suppress(Exception):
                     self._listener.close()
                 self._listener = None
@@ -198,3 +198,9 @@ class PostgresWakeups(HubWakeups):
         self._wake_r.close()
         self._wake_w.close()
         super().close()
+
+
+def _first_line(exc: BaseException) -> str:
+    """libpq's messages run over several lines; a log line should not."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
