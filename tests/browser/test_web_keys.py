@@ -25,7 +25,7 @@ def test_the_page_shows_the_keys_name_and_limits(browser, live_server) -> None:
     context.set_default_timeout(20_000)
     page = context.new_page()
     try:
-        page.goto(f"{live_server.url}/")
+        page.goto(live_server.login_link())  # signed in with the local key, as the person at the console is
         # The local key (a configured key): its stable name, no limits.
         page.wait_for_function("/config-\\d+/.test(document.querySelector('#key-info').textContent)")
         assert "no limits" in page.locator("#key-info").text_content()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from importlib import resources
@@ -13,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..deployment import Deployment, open_deployment
 from ..engine.demo import DEMO_WARNING
+from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes
 from ..jobs.housekeeping import Housekeeper
 from ..limits import KeyedLimits
 from ..settings import Settings
@@ -48,7 +50,8 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         signer=deployment.webhook_signer,
         token_secret=deployment.secrets.token_secret,
         metrics=metrics_registry(deployment.store),
-        files=QuotaStorage(deployment.store, deployment.storage, limits, settings.result_ttl_hours * 3600),
+        files=QuotaStorage(deployment.store, deployment.storage, limits, settings.result_ttl_hours * 3600,
+                           functools.partial(declared_unpacked_bytes, limits=ArchiveLimits.from_settings(settings))),
         connections=ConnectionBudget(limits),
         demo_warning=DEMO_WARNING if settings.tiny else None,
     )

@@ -95,6 +95,8 @@ class UnpackBudget:
 
     max_bytes: int
     archive_limits: ArchiveLimits
+    #: Declared by the request's inputs already stored here (``api/input_budget.py``), counted first.
+    already: int = 0
 
 
 def unpack_budget(settings: Settings) -> UnpackBudget:
@@ -103,7 +105,7 @@ def unpack_budget(settings: Settings) -> UnpackBudget:
 
 def _check_budget(decoded: list[tuple[str, _Decoded]], budget: UnpackBudget) -> None:
     """Refuse the request once its distinct data URIs declare more than the budget (the one that crosses it)."""
-    total = 0
+    total = budget.already
     counted: set[str] = set()
     for uri, item in decoded:
         if uri in counted:  # stored once, read once by the worker

@@ -11,7 +11,7 @@ uploads) and are charged their bytes when the PUT arrives; only one PUT per URL 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..jobs.protocol import JobStore
@@ -34,8 +34,12 @@ class NewFile:
 class QuotaStorage:
     """File storage as the API uses it for clients' files: every write charged to its owner's quota first."""
 
-    def __init__(self, store: JobStore, storage: FileStorage, limits: LimitsPolicy, retention_s: float) -> None:
+    def __init__(self, store: JobStore, storage: FileStorage, limits: LimitsPolicy, retention_s: float,
+                 declared_unpacked: Callable[[bytes], int | None] = lambda data: None) -> None:
         self.store, self.storage, self.limits, self.retention_s = store, storage, limits, retention_s
+        #: What the worker would unpack from a file, by its headers: recorded with the file, so a submit that uses
+        #: it checks the request's unpack budget without reading it again (``api/input_budget.py``).
+        self.declared_unpacked = declared_unpacked
 
     def quota(self, owner: str) -> StorageQuota:
         return self.limits.for_owner(owner).storage
@@ -43,7 +47,8 @@ class QuotaStorage:
     def put_all(self, owner: str, files: Sequence[NewFile]) -> list[StoredFile]:
         """Store ``files`` for ``owner``, all or none: charged together, then written. A write that fails undoes
         the charges of what was not written (and removes what was: a half-stored request is no request)."""
-        ids = self.store.charge_files(owner, [len(f.data) for f in files], self.quota(owner), self.retention_s)
+        ids = self.store.charge_files(owner, [len(f.data) for f in files], self.quota(owner), self.retention_s,
+                                      unpacked=[self.declared_unpacked(f.data) for f in files])
         stored: list[StoredFile] = []
         try:
             for file_id, new in zip(ids, files):
@@ -78,7 +83,8 @@ class QuotaStorage:
     def accept_upload(self, key: str, upload_id: str, sig: str, data: bytes) -> StoredFile:
         """Charge, then store, the bytes PUT to a signed upload URL whose file key is ``key``."""
         try:
-            file_id = self.store.charge_upload(key, len(data), self.quota, self.retention_s)
+            file_id = self.store.charge_upload(key, len(data), self.quota, self.retention_s,
+                                               self.declared_unpacked(data))
         except UploadAlreadyCharged:
             raise UploadError("used", "The upload URL has already been used") from None
         try:

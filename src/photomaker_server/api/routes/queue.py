@@ -28,6 +28,7 @@ from ..auth import require_owner
 from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
+from ..input_budget import check_stored_inputs
 from ..errors import ERROR_STATUS, error_response, validation_response
 from ..schemas import QueueStatus, QueueSubmitted
 
@@ -111,9 +112,10 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         return validation_response(exc)
     priority, start_deadline = _priority(request), _start_deadline(request)
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
+    payload_in = data.model_dump(mode="json", exclude_none=True)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
-        stored_input = store_data_uris(data.model_dump(mode="json", exclude_none=True), ctx.files, owner,
-                                       ctx.settings.max_data_uri_bytes, unpack_budget(ctx.settings))
+        budget = check_stored_inputs(payload_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
+        stored_input = store_data_uris(payload_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
     return ctx.store.submit(

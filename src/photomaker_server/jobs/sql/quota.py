@@ -43,19 +43,22 @@ class QuotaMixin(SQLStoreBase):
             raise QuotaExceeded("bytes", usage, quota, files, size)
 
     def charge_files(self, owner: str, sizes: Sequence[int], quota: StorageQuota, ttl_s: float, *,
-                     keys: Sequence[str | None] | None = None, pending: bool = False) -> list[int]:
+                     keys: Sequence[str | None] | None = None, pending: bool = False,
+                     unpacked: Sequence[int | None] | None = None) -> list[int]:
         """Record files about to be stored for ``owner`` (one row per size, expiring in ``ttl_s``), or raise
         :class:`QuotaExceeded` and record nothing. Returns the rows' ids, for :meth:`settle_file` once a file is
         written (its key) or :meth:`drop_files` when writing failed."""
         now = self._clock()
         keys = list(keys) if keys is not None else [None] * len(sizes)
+        unpacked = list(unpacked) if unpacked is not None else [None] * len(sizes)
         with self._write() as conn:
             self._lock_owner(conn, owner)
             self._check(self._usage(conn, owner, now), quota, len(sizes), sum(sizes))
             ids = []
-            for size, key in zip(sizes, keys):
+            for size, key, declared in zip(sizes, keys, unpacked):
                 result = conn.execute(stored_files.insert().values(
-                    owner=owner, key=key, size=size, pending=pending, created_at=now, expires_at=now + ttl_s))
+                    owner=owner, key=key, size=size, unpacked=declared, pending=pending, created_at=now,
+                    expires_at=now + ttl_s))
                 ids.append(int(result.inserted_primary_key[0]))
         return ids
 
@@ -70,7 +73,8 @@ class QuotaMixin(SQLStoreBase):
             for chunk in chunks(list(file_ids)):
                 conn.execute(sa.delete(stored_files).where(stored_files.c.id.in_(chunk)))
 
-    def charge_upload(self, key: str, size: int, quota_for: Callable[[str], StorageQuota], ttl_s: float) -> int | None:
+    def charge_upload(self, key: str, size: int, quota_for: Callable[[str], StorageQuota], ttl_s: float,
+                      unpacked: int | None = None) -> int | None:
         """Charge the bytes of the pending signed upload that will be stored under ``key``: its row (made when the
         URL was handed out) gets ``size`` and the retention time. Raises :class:`QuotaExceeded` (the URL stays
         unused) or :class:`UploadAlreadyCharged` (another PUT got there first: only one can). None: no row (a URL
@@ -85,7 +89,8 @@ class QuotaMixin(SQLStoreBase):
             self._check(self._usage(conn, row.owner, now, excluding=row.id), quota_for(row.owner), 1, size)
             done = conn.execute(sa.update(stored_files)
                                 .where(stored_files.c.id == row.id, stored_files.c.pending.is_(True))
-                                .values(size=size, pending=False, expires_at=now + ttl_s)).rowcount
+                                .values(size=size, unpacked=unpacked, pending=False,
+                                        expires_at=now + ttl_s)).rowcount
             if done != 1:
                 raise UploadAlreadyCharged(key)
         return int(row.id)
@@ -96,6 +101,17 @@ class QuotaMixin(SQLStoreBase):
         with self._write() as conn:
             conn.execute(sa.update(stored_files).where(stored_files.c.id == file_id)
                          .values(size=0, pending=True, expires_at=now + pending_ttl_s))
+
+    def declared_unpacked(self, keys: Sequence[str]) -> dict[str, int | None]:
+        """For each of ``keys`` that is a stored file, the bytes it unpacks to by its headers (None: not known, as
+        for files stored before this was recorded); keys of no stored file are absent."""
+        found: dict[str, int | None] = {}
+        with self._read() as conn:
+            for chunk in chunks(list(dict.fromkeys(keys))):
+                rows = conn.execute(sa.select(stored_files.c.key, stored_files.c.unpacked)
+                                    .where(stored_files.c.key.in_(chunk))).all()
+                found.update({key: None if value is None else int(value) for key, value in rows})
+        return found
 
     def storage_usage(self, owner: str | None = None) -> list[StorageUsage]:
         """Unexpired stored files per key (one key with ``owner``), most bytes first."""

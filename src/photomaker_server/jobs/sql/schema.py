@@ -142,6 +142,9 @@ stored_files = sa.Table(
     sa.Column("owner", sa.Text, nullable=False),
     sa.Column("key", sa.Text),
     sa.Column("size", sa.BigInteger, nullable=False),
+    #: Bytes the worker will unpack from it, by its headers (``inputs.archives.declared_unpacked_bytes``), measured
+    #: when it was stored: a submit checks its request's unpack budget from these without reading the files.
+    sa.Column("unpacked", sa.BigInteger),
     sa.Column("pending", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),

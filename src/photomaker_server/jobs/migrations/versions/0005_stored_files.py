@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.Text, nullable=False),
         sa.Column("key", sa.Text),
         sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("unpacked", sa.BigInteger),
         sa.Column("pending", sa.Boolean, nullable=False),
         sa.Column("created_at", sa.Double, nullable=False),
         sa.Column("expires_at", sa.Double, nullable=False),
