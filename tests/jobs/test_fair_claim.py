@@ -111,6 +111,7 @@ def test_requeued_job_keeps_its_turn(store, clock) -> None:
     b = [store.submit("B", APP, {"i": i}) for i in range(3)]
     job = store.claim("w", 5)
     assert job.id == a[0].id
-    clock.advance(10)  # the worker died: its lease runs out, housekeeping requeues the job
+    clock.advance(30)  # the worker died: its lease runs out, housekeeping requeues the job
+    # (30 s: no lease is judged before the store has reached its database for a lease period, as a fresh one has not)
     assert store.claim("w2", 30).id == a[0].id
     assert store.claim("w2", 30).id == b[0].id

@@ -105,7 +105,8 @@ def test_usage_counts_each_job_once(store, clock) -> None:
     ok, failed, cancelled, retried = (store.submit(owner, APP, {}) for _ in range(4))
     job = store.claim("w", 5)
     assert job.id == ok.id
-    clock.advance(10)  # the worker died: retried, and counted once when it completes
+    clock.advance(30)  # the worker died: retried, and counted once when it completes
+    # (30 s: no lease is judged before the store has reached its database for a lease period, as a fresh one has not)
     job = store.claim("w2", 30)
     assert job.id == ok.id
     assert store.complete(job.id, "w2", {"images": [{"key": "a"}, {"key": "b"}]}, inference_time=1.5)
