@@ -104,7 +104,7 @@ def _when(ts: float | None) -> str:
 
 def _limits_text(limits: KeyLimits) -> str:
     shown = [f"{name}={value}" for name, value in limits.as_dict().items() if value is not None]
-    return " ".join(shown) or "unlimited"
+    return " ".join(shown) or "none set"  # (the deployment's per-key storage quota still applies)
 
 
 def _table(rows: list[list[str]]) -> str:
