@@ -135,10 +135,11 @@ def test_data_uris_that_declare_more_than_the_request_budget_are_refused_at_subm
     assert sum(1 for _ in (live_server.data_dir / "files").rglob("*")) == files_before
 
 
-def test_distinct_uploads_of_the_same_photos_run_into_the_unpack_budget_in_the_worker(api, live_server):
-    """Three different uploads holding the same 8 padded photos (15 MiB each): no photo is new after the first
-    upload, so nothing stops the reading but the budget. Stored inputs are judged by the worker: the job ends with
-    a fal-shaped input_error naming the budget, after about 320 MiB inflated, one entry at a time."""
+def test_distinct_uploads_past_the_unpack_budget_are_refused_at_submit(api, live_server):
+    """Three different uploads holding the same 8 padded photos (15 MiB each, about 120 MiB by their headers): the
+    sizes recorded when they were stored put the request past the 320 MiB budget at the third, so the submit is a
+    422 naming that field and nothing is queued (``api/input_budget.py``). The worker's own count of the same shape,
+    chunk by chunk as it inflates (for inputs whose headers nobody vouched for), is in tests/inputs/test_resolve.py."""
     entries = {}
     for i in range(8):
         photo = _small_jpeg(i)
@@ -149,9 +150,8 @@ def test_distinct_uploads_of_the_same_photos_run_into_the_unpack_budget_in_the_w
         response = api.http.post("/storage/upload/multipart", files={"file": ("same.zip", archive, "application/zip")})
         assert response.status_code == 200, response.text
         urls.append(response.json()["url"])
-    final, rise = _submit_measured_urls(api, live_server, urls[0], urls[1:])
-    assert final.get("error_type") == "input_error", final
-    assert "unpack to more than 320 MB in all" in final["error"], final["error"]
-    assert "passed while reading image_urls" in final["error"], final["error"]
-    assert "Fetching the photos (3 files)" in messages(final)
-    assert rise < BUDGET, f"the worker's peak RSS rose by {rise / MiB:.0f} MiB"
+    response = api.submit_response(small(urls[0], image_urls=urls[1:]))
+    assert response.status_code == 422, response.text
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "image_urls", 1] and detail["type"] == "input_budget_exceeded", detail
+    assert "unpack to more than 320 MB in all" in detail["msg"]
