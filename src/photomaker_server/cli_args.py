@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 
 from .contract.request import GenerationOptions, ImageSize, error_details
 from .engine.styles import style_names
+from .jobs.keys import KeyLimits, check_key_name
 from .settings import Settings
 
 #: CLI flag → Settings field, for the flags that configure the model or the server.
@@ -185,6 +188,93 @@ def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
                             "also PHOTOMAKER_FETCH_ALLOW, comma-separated)")
 
 
+#: ``photomaker keys --help`` (the actions themselves are in :mod:`.cli_keys`).
+KEYS_DESCRIPTION = """``photomaker keys``: managed API keys in the job database, on the same deployment settings as ``serve``
+(``--data-dir``, ``--database-url`` or their ``PHOTOMAKER_*`` variables).
+
+    photomaker keys create NAME [--max-concurrent N] [--max-queued N] [--requests-per-minute N] [--admin]
+    photomaker keys list [--json]
+    photomaker keys revoke NAME
+    photomaker keys set NAME [--max-concurrent N|none] [--max-queued N|none] [--requests-per-minute N|none]
+    photomaker keys usage [--json] [--since YYYY-MM-DD]
+
+Changes reach every API replica through the deployment's wake-ups (no restart). Mistakes are one ``error:`` line
+and exit status 2.
+"""
+
+_UNLIMITED = ("none", "unlimited")
+
+
+def _limit(allow_none: bool, maximum: int) -> Callable[[str], int | None]:
+    def parse(text: str) -> int | None:
+        if allow_none and text.strip().lower() in _UNLIMITED:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            hint = " or 'none'" if allow_none else ""
+            raise argparse.ArgumentTypeError(f"not a whole number{hint}: {text!r}") from None
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {maximum}, not {value}")
+        return value
+
+    return parse
+
+
+def _name(text: str) -> str:
+    try:
+        return check_key_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _limit_flags(parser: argparse.ArgumentParser, allow_none: bool) -> None:
+    """One ``--the-limit N`` flag per field of :class:`KeyLimits`."""
+    for field, text in KeyLimits.help().items():
+        # ``set``: a flag left out is absent from the namespace (SUPPRESS), so "not given" differs from "none".
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, metavar="N",
+                            type=_limit(allow_none, KeyLimits.maximum(field)),
+                            default=argparse.SUPPRESS if allow_none else None,
+                            help=text + (f"; 'none': {KeyLimits.unset(field)}" if allow_none
+                                         else f" (default: {KeyLimits.unset(field)})"))
+
+
+def add_keys_command(sub: Any) -> None:
+    """Adds ``keys`` and its actions to the ``photomaker`` parser's subcommands."""
+    text = "manage API keys: create, list, revoke, change limits, usage"
+    keys = sub.add_parser("keys", help=text, description=KEYS_DESCRIPTION, formatter_class=HelpFormatter)
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION", help="what to do")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        group = parser.add_argument_group("deployment (as given to serve)")
+        group.add_argument("--data-dir", type=Path, help="data dir whose jobs.db is the default database")
+        group.add_argument("--database-url", metavar="URL", help="job database (env PHOTOMAKER_DATABASE_URL)")
+        return parser
+
+    create = action("create", "create a key; its secret is printed once, alone on the last line")
+    create.add_argument("name", type=_name, help="a unique name: 1-64 letters, digits, '.', '_' or '-'")
+    create.add_argument("--admin", action="store_true", help="may also manage keys over HTTP (/admin/keys)")
+    _limit_flags(create, allow_none=False)
+    listing = action("list", "list keys: name, prefix, created, last used, limits, revoked")
+    listing.add_argument("--json", action="store_true", help="a JSON list")
+    revoke = action("revoke", "refuse a key from now on, on every replica within 2 s")
+    revoke.add_argument("name", help="the key's name")
+    change = action("set", "change a key's limits, effective at once")
+    change.add_argument("name", help="the key's name")
+    _limit_flags(change, allow_none=True)
+    usage = action("usage", "jobs and inference time per key")
+    usage.add_argument("--json", action="store_true", help="a JSON list of objects")
+    usage.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="count from this UTC day on (default: all)")
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="photomaker", description=description, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (every HTTP request, ...)")
@@ -259,8 +349,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     for admin in (link, usage):
         add_deployment_flags(admin)
         admin.add_argument("--data-dir", type=Path, help=f"the data dir (default: {_setting('data_dir')})")
-    from .cli_keys import add_keys_command  # here, not at the top: cli_keys uses this module's helpers
-
     add_keys_command(sub)
 
     default_server = os.environ.get("PHOTOMAKER_SERVER", "http://127.0.0.1:8000")

@@ -15,87 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
-from datetime import date, datetime, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any
 
-from .cli_args import CLIError, HelpFormatter, settings_from_args
-from .jobs.keys import ApiKey, KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
+from .cli_args import CLIError, settings_from_args
+from .jobs.keys import ApiKey, KeyExists, KeyLimits, UnknownKey, new_secret
 
-__all__ = ["add_keys_command", "run_keys"]
+__all__ = ["run_keys"]
 
-_UNLIMITED = ("none", "unlimited")
-
-
-def _limit(allow_none: bool, maximum: int) -> Callable[[str], int | None]:
-    def parse(text: str) -> int | None:
-        if allow_none and text.strip().lower() in _UNLIMITED:
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            hint = " or 'none'" if allow_none else ""
-            raise argparse.ArgumentTypeError(f"not a whole number{hint}: {text!r}") from None
-        if not 0 <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"must be between 0 and {maximum}, not {value}")
-        return value
-
-    return parse
-
-
-def _name(text: str) -> str:
-    try:
-        return check_key_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _limit_flags(parser: argparse.ArgumentParser, allow_none: bool) -> None:
-    """One ``--the-limit N`` flag per field of :class:`KeyLimits`."""
-    for field, text in KeyLimits.help().items():
-        # ``set``: a flag left out is absent from the namespace (SUPPRESS), so "not given" differs from "none".
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, metavar="N",
-                            type=_limit(allow_none, KeyLimits.maximum(field)),
-                            default=argparse.SUPPRESS if allow_none else None,
-                            help=text + (f"; 'none': {KeyLimits.unset(field)}" if allow_none
-                                         else f" (default: {KeyLimits.unset(field)})"))
-
-
-def add_keys_command(sub: Any) -> None:
-    """Adds ``keys`` and its actions to the ``photomaker`` parser's subcommands."""
-    text = "manage API keys: create, list, revoke, change limits, usage"
-    keys = sub.add_parser("keys", help=text, description=__doc__, formatter_class=HelpFormatter)
-    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION", help="what to do")
-
-    def action(name: str, text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-        group = parser.add_argument_group("deployment (as given to serve)")
-        group.add_argument("--data-dir", type=Path, help="data dir whose jobs.db is the default database")
-        group.add_argument("--database-url", metavar="URL", help="job database (env PHOTOMAKER_DATABASE_URL)")
-        return parser
-
-    create = action("create", "create a key; its secret is printed once, alone on the last line")
-    create.add_argument("name", type=_name, help="a unique name: 1-64 letters, digits, '.', '_' or '-'")
-    create.add_argument("--admin", action="store_true", help="may also manage keys over HTTP (/admin/keys)")
-    _limit_flags(create, allow_none=False)
-    listing = action("list", "list keys: name, prefix, created, last used, limits, revoked")
-    listing.add_argument("--json", action="store_true", help="a JSON list")
-    revoke = action("revoke", "refuse a key from now on, on every replica within 2 s")
-    revoke.add_argument("name", help="the key's name")
-    change = action("set", "change a key's limits, effective at once")
-    change.add_argument("name", help="the key's name")
-    _limit_flags(change, allow_none=True)
-    usage = action("usage", "jobs and inference time per key")
-    usage.add_argument("--json", action="store_true", help="a JSON list of objects")
-    usage.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="count from this UTC day on (default: all)")
 
 
 def _when(ts: float | None) -> str:
