@@ -1,15 +1,5 @@
-"""``photomaker keys``: managed API keys in the job database, on the same deployment settings as ``serve``
-(``--data-dir``, ``--database-url`` or their ``PHOTOMAKER_*`` variables).
-
-    photomaker keys create NAME [--max-concurrent N] [--max-queued N] [--requests-per-minute N] [--admin]
-    photomaker keys list [--json]
-    photomaker keys revoke NAME
-    photomaker keys set NAME [--max-concurrent N|none] [--max-queued N|none] [--requests-per-minute N|none]
-    photomaker keys usage [--json] [--since YYYY-MM-DD]
-
-Changes reach every API replica through the deployment's wake-ups (no restart). Mistakes are one ``error:`` line
-and exit status 2.
-"""
+"""``photomaker keys``: the actions on managed API keys (create, list, revoke, set, usage). The command and its flags
+are defined with every other command in ``cli_args`` (``KEYS_DESCRIPTION`` says what each action does)."""
 
 from __future__ import annotations
 
