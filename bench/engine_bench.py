@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
 
     from photomaker_server.engine.prompts import text_only_prompt
-    from photomaker_server.engine.styles import default_style, get_style
+    from photomaker_server.contract.styles import default_style, get_style
 
     flops = count_flops(args.height, args.width, args.id_images)
     flops_1024 = count_flops(1024, 1024, args.id_images)

@@ -12,7 +12,7 @@ import pytest
 from photomaker_server.api.auth import KeyRing, owner_id
 from photomaker_server.deployment import DeploymentError, open_deployment
 from photomaker_server.jobs.factory import open_job_store
-from photomaker_server.jobs.webhooks import WebhookSigner
+from photomaker_server.webhooks import WebhookSigner
 from photomaker_server.settings import Settings
 from photomaker_server.shared_secrets import generated_api_key, load_shared_secrets
 

@@ -186,7 +186,7 @@ def _generate_local(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .engine.demo import DEMO_WARNING
+    from .contract.notices import DEMO_WARNING
     from .contract.request import GenerationOptions
 
     settings = settings_from_args(args)

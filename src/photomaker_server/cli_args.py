@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from .contract.request import GenerationOptions, ImageSize, error_details
-from .engine.styles import style_names
+from .contract.styles import style_names
 from .jobs.keys import KeyLimits, check_key_name
 from .settings import Settings
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from .jobs.factory import open_job_store
 from .jobs.protocol import JobStore
 from .jobs.wakeups import PostgresWakeups, Wakeups, open_wakeups
-from .jobs.webhooks import WebhookSigner
+from .webhooks import WebhookSigner
 from .limits import DeploymentLimits, LimitsPolicy
 from .settings import Settings
 from .shared_secrets import SharedSecrets, load_shared_secrets

@@ -167,7 +167,7 @@ def ensure_tls(settings: Settings) -> tuple[Path, Path]:
 
 def _banner(settings: Settings, key_generated: bool, key: str | None, cert: Path | None,
             login: str | None = None) -> None:
-    from .engine.demo import DEMO_WARNING, INSIGHTFACE_LICENSE_NOTICE
+    from .contract.notices import DEMO_WARNING, INSIGHTFACE_LICENSE_NOTICE
 
     lines = [f"PhotoMaker server on {settings.base_url}  (web page: {settings.base_url}/, API docs: {settings.base_url}/docs)"]
     if key_generated:  # printed once, when created; later starts only say where it is

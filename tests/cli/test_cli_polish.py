@@ -17,7 +17,7 @@ from helpers import make_face
 from live_server import free_port
 from photomaker_server.cli import build_parser
 from photomaker_server.cli_args import QUICK_SIZE, QUICK_STEPS
-from photomaker_server.engine.styles import style_names
+from photomaker_server.contract.styles import style_names
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

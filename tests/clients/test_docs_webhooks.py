@@ -81,7 +81,7 @@ def test_the_python_snippet_verifies_a_real_delivery(live_server, delivery, erro
     assert not verify(jwks, headers, err_body)
     assert not verify(jwks, _stale(headers), body)
     assert not verify(jwks, {k: v for k, v in headers.items() if "signature" not in k.lower()}, body)
-    from photomaker_server.jobs.webhooks import WebhookSigner
+    from photomaker_server.webhooks import WebhookSigner
 
     assert not verify(WebhookSigner.generate().jwks(), headers, body)
 

@@ -10,7 +10,7 @@ import torch
 from photomaker_server.contract.request import GenerationOptions, PhotoMakerInput
 from photomaker_server.engine.errors import GenerationCancelled, InvalidRequest
 from photomaker_server.engine.service import Engine, EngineConfig, GenerationRequest
-from photomaker_server.engine.styles import get_style, style_names
+from photomaker_server.contract.styles import get_style, style_names
 
 from helpers import make_face
 

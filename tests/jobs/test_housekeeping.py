@@ -8,7 +8,6 @@ import uuid
 
 from photomaker_server.jobs.housekeeping import Housekeeper
 from photomaker_server.jobs.sql import SQLJobStore
-from photomaker_server.jobs.webhooks import WebhookSigner
 from photomaker_server.settings import Settings
 from photomaker_server.storage.local import LocalStorage
 
@@ -20,7 +19,7 @@ def test_cleanup_removes_old_results_and_their_files(tmp_path):
     settings = Settings(data_dir=tmp_path, result_ttl_hours=1)
     store = SQLJobStore(settings.db_path, clock=lambda: now[0])
     storage = LocalStorage(settings.files_dir, settings.base_url, secret=SECRET)
-    keeper = Housekeeper(settings, store, storage, WebhookSigner.generate())
+    keeper = Housekeeper(settings, store, storage)
 
     def finished_job(legacy: bool = False) -> tuple[str, str]:
         job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"})
@@ -55,7 +54,7 @@ def test_cleanup_on_s3_deletes_outputs_by_key(tmp_path, s3_env):
     settings = Settings(data_dir=tmp_path, result_ttl_hours=1)
     store = SQLJobStore(settings.db_path, clock=lambda: now[0])
     storage = S3Storage(f"s3://photomaker-tests/hk-{uuid.uuid4().hex[:10]}", settings.base_url, secret=SECRET)
-    keeper = Housekeeper(settings, store, storage, WebhookSigner.generate())
+    keeper = Housekeeper(settings, store, storage)
     job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"})
     store.claim("w", 30)
     stored = storage.put(b"png bytes", "image/png", "out.png")

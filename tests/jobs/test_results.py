@@ -6,7 +6,7 @@ import copy
 import json
 
 from photomaker_server.jobs.results import render_result, result_keys
-from photomaker_server.jobs.webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body, verify
+from photomaker_server.webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body, verify
 
 KEY = "A" * 32 + "/req-0.png"
 DATA_URI = "data:image/png;base64,AAAA"

@@ -28,7 +28,7 @@ from photomaker_server.jobs.records import (
 )
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.jobs.sql.schema import jobs as jobs_table
-from photomaker_server.jobs.webhooks import job_webhook_body
+from photomaker_server.webhooks import job_webhook_body
 
 APP = "fal-ai/photomaker"
 

@@ -15,14 +15,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from photomaker_server.jobs.sql import SQLJobStore
-from photomaker_server.jobs.webhooks import (
+from photomaker_server.webhooks.signing import _b64url_decode
+from photomaker_server.webhooks import (
     HEADER_REQUEST_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     HEADER_USER_ID,
     WebhookDispatcher,
     WebhookSigner,
-    _b64url_decode,
     backoff_schedule,
     verify,
     webhook_body,

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DATA = [
     "photomaker_server/engine/data/bpe_simple_vocab_16e6.txt.gz",
     "photomaker_server/engine/data/LICENSE-clip-bpe.txt",
-    "photomaker_server/engine/data/styles.json",
+    "photomaker_server/contract/data/styles.json",
     "photomaker_server/web/index.html",
 ]
 

@@ -13,7 +13,7 @@ import pytest
 
 from live_server import API_KEY, APP
 from photomaker_server.api.proxy import map_target
-from photomaker_server.jobs.webhooks import verify
+from photomaker_server.webhooks import verify
 from service.svc import FACE_PNG, data_uri, messages, small
 
 # --- webhooks ---------------------------------------------------------------------------------------------------

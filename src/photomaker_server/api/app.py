@@ -13,13 +13,14 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..deployment import Deployment, open_deployment
-from ..engine.demo import DEMO_WARNING
+from ..contract.notices import DEMO_WARNING
 from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes
 from ..jobs.housekeeping import Housekeeper
 from ..limits import KeyedLimits
 from ..settings import Settings
 from ..worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ..shared_secrets import generated_api_key
+from ..webhooks import deployment_dispatcher
 from . import errors, openapi
 from .auth import KeyRing
 from .body_limit import BodyLimitMiddleware, limits_for
@@ -86,17 +87,20 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
         if ctx.keys.cache is not None:  # revocations and new keys from any process, through the wake-ups
             following = ctx.keys.cache.follow(ctx.wakeups, stop)
         if housekeeping:
-            ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage, ctx.signer,
+            ctx.housekeeper = Housekeeper(ctx.settings, ctx.store, ctx.storage,
                                           worker_stale_after_s=WORKER_STALE_AFTER_S)
             ctx.housekeeper.start(stop)
+            ctx.webhooks = deployment_dispatcher(ctx.settings, ctx.store, ctx.storage, ctx.signer)
+            ctx.webhooks.start(stop)
         try:
             yield
         finally:
             stop.set()
             if following is not None:
                 following.close()
-            if ctx.housekeeper:
-                ctx.housekeeper.join()
+            for thread_owner in (ctx.housekeeper, ctx.webhooks):
+                if thread_owner is not None:
+                    thread_owner.join()
 
     app = FastAPI(
         title="PhotoMaker server",

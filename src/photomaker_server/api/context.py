@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from ..jobs.housekeeping import Housekeeper
 from ..jobs.protocol import JobStore
 from ..jobs.wakeups import Wakeups
-from ..jobs.webhooks import WebhookSigner
 from ..settings import Settings
 from ..storage.base import FileStorage
+from ..webhooks import WebhookDispatcher, WebhookSigner
 from .auth import KeyRing
 from .connections import ConnectionBudget
 from .stored_files import QuotaStorage
@@ -35,6 +35,7 @@ class AppContext:
     connections: ConnectionBudget
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
+    webhooks: WebhookDispatcher | None = field(default=None, repr=False)
 
     def file_url(self, key: str) -> str:
         """The URL clients get for a stored file: rendered from its key whenever it is handed out."""

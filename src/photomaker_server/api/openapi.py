@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..engine.styles import get_style
+from ..contract.styles import get_style
 from ..settings import APP_ID
 from ..contract.request import PhotoMakerInput
 

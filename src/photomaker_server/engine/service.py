@@ -35,7 +35,7 @@ from .id_encoder_v2 import PhotoMakerIDEncoderV2
 from ..contract.request import GenerationOptions
 from .options import resolve_size
 from .pipeline import CancelCheck, PhotoMakerPipeline, StepCallback
-from .styles import get_style
+from ..contract.styles import get_style
 from .weights import resolve_base_model, resolve_checkpoint
 
 log = logging.getLogger(__name__)

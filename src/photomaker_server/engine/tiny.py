@@ -32,7 +32,7 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .checkpoint import save_checkpoint
-from .demo import DEMO_WARNING
+from ..contract.notices import DEMO_WARNING
 from .tiny_faces import save_face_pack
 from .id_encoder import IDEncoderConfig, PhotoMakerIDEncoder
 from .id_encoder_v2 import IDEncoderV2Config, PhotoMakerIDEncoderV2

@@ -1,9 +1,9 @@
-"""Background upkeep of the queue, run by the API process in two threads (upkeep, webhooks).
+"""Background upkeep of the queue, run by every API process in a thread of its own.
 
 Every tick: jobs whose worker died go back to the queue (or fail after ``max_attempts``) and queued jobs past their
 start deadline fail with ``request_timeout``. Every minute: finished jobs older than the retention time are deleted
-together with their output files, and so are stored files (uploads) older than it. Due webhooks are delivered by a
-thread of their own.
+together with their output files, and so are stored files (uploads) older than it. (Webhooks are delivered by
+:mod:`photomaker_server.webhooks`, in a thread of their own.)
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import logging
 import threading
 import time
 
-from ..inputs.fetch import FetchPolicy
-from ..inputs.outbound import safe_post
 from ..settings import Settings
 from ..storage.base import FileStorage
 from .results import result_keys
 from .protocol import JobStore
 from .records import StoreUnavailable
-from .webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body
 
 log = logging.getLogger(__name__)
 TICK_S = 0.5
@@ -29,26 +26,14 @@ REGISTRY_CHECK_S = 5.0
 
 
 class Housekeeper:
-    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage, signer: WebhookSigner,
+    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage,
                  worker_stale_after_s: float | None = None) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         #: Registry rows silent this long are workers that died without a goodbye (None: left alone).
         self.worker_stale_after_s = worker_stale_after_s
         self._last_registry_check = 0.0
-        policy = FetchPolicy.from_settings(settings)
-        self.webhooks = WebhookDispatcher(
-            store,
-            signer,
-            http_post=lambda url, body, headers, timeout: safe_post(url, body, headers, timeout, policy),
-            max_attempts=settings.webhook_max_attempts,
-            render_body=lambda job: job_webhook_body(job, self.file_url),
-        )
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._last_cleanup = 0.0
-
-    def file_url(self, key: str) -> str:
-        """The URL clients get for a stored file (rendered when handed out, never stored)."""
-        return self.storage.url_for(key, self.settings.base_url)
 
     def tick(self) -> None:
         # No lease is judged before the database has been reachable for a lease period (see the store); the store
@@ -86,14 +71,9 @@ class Housekeeper:
             stop.wait(TICK_S)
 
     def start(self, stop: threading.Event) -> None:
-        # Webhooks get their own thread: slow receivers (15 s timeouts) must not hold up lease recovery.
-        self._threads = [
-            threading.Thread(target=self._run, args=(stop,), name="housekeeping", daemon=True),
-            threading.Thread(target=self.webhooks.run_forever, args=(stop, TICK_S), name="webhooks", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="housekeeping", daemon=True)
+        self._thread.start()
 
     def join(self) -> None:
-        for thread in self._threads:
-            thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)

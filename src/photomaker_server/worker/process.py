@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from ..deployment import open_deployment
 from ..contract.request import PhotoMakerInput, error_details, parse_request
 from ..contract.result import StoredImage, StoredOutput
-from ..engine.demo import DEMO_WARNING
+from ..contract.notices import DEMO_WARNING
 from ..inputs.errors import InputError
 from ..inputs.resolve import InputLoader
 from ..jobs.records import CANCELLED_ERROR, Job, JobStatus, StoreUnavailable, WorkerInfo

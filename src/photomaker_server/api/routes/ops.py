@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from ...contract.request import IMAGE_SIZE_PRESETS
-from ...engine.demo import INSIGHTFACE_LICENSE_NOTICE, TINY_FACE_PACK
-from ...engine.styles import default_style, style_names
+from ...contract.notices import INSIGHTFACE_LICENSE_NOTICE, TINY_FACE_PACK
+from ...contract.styles import default_style, style_names
 from ...jobs.records import WorkerInfo, iso_utc
 from ...worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ...settings import APP_ID, Settings

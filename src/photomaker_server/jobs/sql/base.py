@@ -247,7 +247,7 @@ class SQLStoreBase:
         self._count_usage(conn, owner, now, **{outcome: 1}, images=images,
                           inference_seconds=float(inference_time or 0.0))
         if url:
-            # Only the address: the dispatcher renders the body when it posts (see jobs.webhooks).
+            # Only the address: the dispatcher renders the body when it posts (see photomaker_server.webhooks).
             conn.execute(
                 webhook_deliveries.insert().values(
                     job_id=job_id, owner=owner, url=url, attempts=0, next_attempt_at=now, given_up=False

@@ -1,0 +1,45 @@
+"""The JSON fal POSTs when a request finishes: ``{"request_id", "gateway_request_id", "status": "OK" | "ERROR",
+"payload", "error"}``, rendered from the finished job at each attempt (output URLs from storage keys then)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..jobs.records import Job
+from ..jobs.results import UrlRenderer, render_result
+
+
+def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
+    """The JSON fal POSTs on completion.
+
+    ``error`` is the error body the status/result endpoints show (``{"detail": ..., "error_type": ...}``);
+    when given, the status is ``ERROR``, ``payload`` is that body and ``error`` its human-readable ``detail``.
+    We have no separate gateway, so ``gateway_request_id`` equals ``request_id``.
+    """
+    if error is not None:
+        detail = error.get("detail")
+        body = {
+            "request_id": request_id,
+            "gateway_request_id": request_id,
+            "status": "ERROR",
+            "payload": error,
+            "error": detail if isinstance(detail, str) else json.dumps(detail),
+        }
+    else:
+        body = {
+            "request_id": request_id,
+            "gateway_request_id": request_id,
+            "status": "OK",
+            "payload": result,
+            "error": None,
+        }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
+    """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``). ``url_for`` renders the URLs
+    of stored images from their keys; without it the keys stay."""
+    if job.error is None:
+        return webhook_body(job.id, render_result(job.result, url_for), None)
+    return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
