@@ -1,9 +1,39 @@
-"""The layering promises of docs/architecture.md, checked."""
+"""The layering promises of docs/architecture.md, checked: statically, every import chain against the contracts in
+pyproject.toml (import-linter), and at run time, what an API process really loads."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contracts_hold():
+    """contract/ imports nothing of ours; the API never imports engine, worker or torch; the engine never the API;
+    jobs, storage, inputs and webhooks none of the three (pyproject.toml, ``[tool.importlinter]``)."""
+    code = "import sys\nfrom importlinter.cli import lint_imports\nsys.exit(lint_imports(no_cache=True))\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
+
+
+def test_a_forbidden_import_breaks_the_contracts(tmp_path):
+    """The check can fail: the same contracts over a copy of the package in which the API imports the engine."""
+    import shutil
+
+    package = tmp_path / "photomaker_server"
+    shutil.copytree(ROOT / "src" / "photomaker_server", package, ignore=shutil.ignore_patterns("__pycache__", "web"))
+    with open(package / "api" / "proxy.py", "a") as f:
+        f.write("\nfrom ..engine import service as _service  # noqa\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    code = "import sys\nfrom importlinter.cli import lint_imports\nsys.exit(lint_imports(no_cache=True))\n"
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode != 0
+    assert "photomaker_server.api.proxy -> photomaker_server.engine" in done.stdout
 
 
 def test_the_api_process_never_imports_torch(tmp_path):

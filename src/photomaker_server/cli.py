@@ -61,10 +61,11 @@ def _run(argv: list[str] | None) -> int:
         if args.command == "serve":
             from .server import serve
 
-            if args.api_processes > 1 and not args.no_worker:
+            settings = settings_from_args(args)
+            if settings.api_processes > 1 and not args.no_worker:
                 raise CLIError("--api-processes above 1 needs --no-worker (the GPU worker belongs to one process; "
                                "run workers with `photomaker worker`)")
-            return serve(settings_from_args(args), run_worker=not args.no_worker, api_processes=args.api_processes)
+            return serve(settings, run_worker=not args.no_worker, api_processes=settings.api_processes)
         if args.command == "worker":
             from .server import with_demo_fallback
             from .worker.process import run_worker

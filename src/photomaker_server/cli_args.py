@@ -31,7 +31,7 @@ SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
     "photomaker_v2_checkpoint", "face_model", "default_version", "enable_v2",
     "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "fetch_allow",
-    "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s",
+    "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s", "api_processes",
 )
 
 #: fal field → the flag that sets it, so that validation errors name what the user typed.
@@ -303,9 +303,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["text", "json"],
                        help=f"json: one object per line for log collectors (default: {_setting('log_format')})")
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
-    serve.add_argument("--api-processes", type=_positive_int, default=1, metavar="K",
+    serve.add_argument("--api-processes", type=_positive_int, metavar="K",
                        help="with --no-worker: K API processes share the port (each opens its own connections to "
-                            "the database and storage; use with --database-url)")
+                            "the database and storage; use with --database-url; their log lines name their pid) "
+                            f"(default: {_setting('api_processes')}; {_env('api_processes')})")
     serve.add_argument("--no-demo-fallback", dest="demo_fallback", action="store_false", default=None,
                        help="fail at start-up when the real weights cannot be had (default: serve the demo model)")
     serve.add_argument("--default-version", choices=["v1", "v2"],

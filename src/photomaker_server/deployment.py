@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
 
-from .jobs.factory import open_job_store
+from .jobs.database import parse_database_url
+from .jobs.factory import open_job_database as open_job_database_at
 from .jobs.protocol import JobStore
-from .jobs.wakeups import PostgresWakeups, Wakeups, open_wakeups
+from .jobs.wakeups import Wakeups
 from .webhooks import WebhookSigner
 from .limits import DeploymentLimits, LimitsPolicy
 from .settings import Settings
@@ -77,19 +78,13 @@ def open_job_database(settings: Settings) -> tuple[JobStore, Wakeups]:
     through the wake-ups, so the other processes of the deployment hear of them."""
     url = settings.job_database_url
     try:
-        wakeups = open_wakeups(url)
+        database = parse_database_url(url)
     except ValueError as exc:
         raise DeploymentError(f"database URL {_redact(url)}: {exc}") from None
     try:
-        if isinstance(wakeups, PostgresWakeups):  # the store's own transactions send the NOTIFY: no extra trip
-            return open_job_store(url, notify_channel=wakeups.channel), wakeups
-        return open_job_store(url, publish=wakeups.publish), wakeups
+        return open_job_database_at(database)
     except ValueError as exc:
-        wakeups.close()
         raise DeploymentError(str(exc)) from None
-    except BaseException:
-        wakeups.close()
-        raise
 
 
 def _redact(url: str) -> str:

@@ -1,7 +1,9 @@
 """Process-wide logging: readable lines for people, or one JSON object per line for log collectors.
 
 ``PHOTOMAKER_LOG_FORMAT=json`` (or ``--log-format json``) switches every process (API and worker) to JSON with
-the fields collectors index on: time, level, process role, logger, message, and the exception when there is one.
+the fields collectors index on: time, level, process role, pid, logger, message, and the exception when there is
+one. The processes of ``serve --api-processes K`` carry their pid in the role too (``api[1234]``), so their text
+lines tell the K apart.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "role": self.role,
+            "pid": record.process,
             "logger": record.name,
             "message": record.getMessage(),
         }

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     #: Ed25519 private key (PEM text) that signs webhooks.
     webhook_signing_key: SecretStr | None = None
 
+    #: API processes of ``serve --no-worker`` sharing the port (``--api-processes``); each its own interpreter.
+    api_processes: int = Field(1, ge=1, le=256)
+
     #: "text" for people, "json" for log collectors (one object per line).
     log_format: str = "text"
     #: Access-log the probes (``/health``, ``/ready``) too; off by default: a load balancer polls them every few

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["MAX_HOST_CHARS", "MAX_URL_CHARS", "HttpUrl", "UrlError", "parse_http_url"]
+__all__ = ["MAX_HOST_CHARS", "MAX_URL_CHARS", "HttpUrl", "UrlError", "parse_http_url", "http_url_or_none"]
 
 #: Longest URL accepted anywhere (query strings of presigned URLs run to a few KB; more is not a URL we call).
 MAX_URL_CHARS = 16 * 1024
@@ -44,6 +44,20 @@ class HttpUrl:
     port: int  # the explicit port, else the scheme's default
     path: str  # path + query, never empty
     url: str  # the URL as given, without its fragment
+
+    @property
+    def path_only(self) -> str:
+        """The path without the query string (still percent-encoded)."""
+        return self.path.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.path.partition("?")[2]
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        """(scheme, host, port): what decides whether two URLs reach the same server."""
+        return self.scheme, self.host, self.port
 
     @property
     def host_header(self) -> str:
@@ -111,3 +125,12 @@ def parse_http_url(url: str, *, max_chars: int = MAX_URL_CHARS) -> HttpUrl:
         path += "?" + parts.query
     default_port = 443 if scheme == "https" else 80
     return HttpUrl(scheme, host, port if port is not None else default_port, path, url.split("#", 1)[0])
+
+
+def http_url_or_none(url: str) -> HttpUrl | None:
+    """:func:`parse_http_url`, or None for anything that is not a usable http(s) URL: what the "is this URL one of
+    ours?" checks (storage, the fal proxy) ask, where a malformed URL is simply not ours."""
+    try:
+        return parse_http_url(url)
+    except UrlError:
+        return None

@@ -47,9 +47,12 @@ def test_the_children_rebuild_the_parents_settings(monkeypatch, tmp_path):
     assert child.token_secret.get_secret_value() == "s3cret"
 
 
-def test_several_api_processes_need_no_worker(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "photomaker_server.cli", "serve", "--api-processes", "2",
-                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_several_api_processes_need_no_worker(tmp_path, how):
+    flag, env = (["--api-processes", "2"], {}) if how == "flag" else ([], {"PHOTOMAKER_API_PROCESSES": "2"})
+    done = subprocess.run([sys.executable, "-m", "photomaker_server.cli", "serve", *flag,
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--no-worker" in lines[0], done.stderr
@@ -87,12 +90,14 @@ def replica(tmp_path):
     pg = substrate.start_postgres(tmp_path / "pg")
     port = substrate.free_port()
     log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "photomaker_server.cli", "serve", "--no-worker", "--tiny", "--api-processes",
-               "2", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path / "api"),
+    # K from the environment (PHOTOMAKER_API_PROCESSES), as a container's settings would give it.
+    command = [sys.executable, "-m", "photomaker_server.cli", "serve", "--no-worker", "--tiny",
+               "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path / "api"),
                "--database-url", pg.url]
     with open(log_path, "ab") as log:
         process = reaper.track(subprocess.Popen(
-            command, env={**os.environ, "PHOTOMAKER_API_KEYS": API_KEY, "HF_HUB_OFFLINE": "1"},
+            command, env={**os.environ, "PHOTOMAKER_API_KEYS": API_KEY, "HF_HUB_OFFLINE": "1",
+                          "PHOTOMAKER_API_PROCESSES": "2"},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     try:
         yield process, f"http://127.0.0.1:{port}", port, log_path
@@ -143,6 +148,8 @@ def test_one_replica_as_two_processes_serves_from_both_and_sigterm_stops_all(rep
     assert served == set(children), f"only {served} of {children} accepted connections"
     output = log_path.read_text(errors="replace")
     assert output.count("PhotoMaker server on") == 1, output  # the banner once, from the parent
+    for pid in children:  # each child's lines (its access lines among them) say which process wrote them
+        assert f" api[{pid}] INFO uvicorn.access" in output, output[-3000:]
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, log_path.read_text(errors="replace")

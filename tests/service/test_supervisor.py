@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from photomaker_server.server import WorkerSupervisor
+from photomaker_server.supervision import WorkerSupervisor
 from photomaker_server.settings import Settings
 
 

@@ -18,7 +18,7 @@ from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes
 from ..jobs.housekeeping import Housekeeper
 from ..limits import KeyedLimits
 from ..settings import Settings
-from ..worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
+from ..jobs.worker_registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ..shared_secrets import generated_api_key
 from ..webhooks import deployment_dispatcher
 from . import errors, openapi
@@ -66,14 +66,15 @@ def app_from_env() -> FastAPI:
     import signal
 
     from ..logs import configure_logging
-    from ..worker.shutdown import set_parent_death_signal
+    from ..parent_death import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGTERM)  # a SIGKILLed parent must not leave children holding the port
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # it died before the line above took effect
         raise SystemExit("the serve process that started this API process is gone")
     settings = Settings()
-    configure_logging(settings.log_format, "api", log_probes=settings.log_probes)
+    # K processes write to one stream: each line says which one wrote it.
+    configure_logging(settings.log_format, f"api[{os.getpid()}]", log_probes=settings.log_probes)
     return create_app(settings)
 
 

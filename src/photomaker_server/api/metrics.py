@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from ..jobs.protocol import JobStore
 from ..jobs.records import StoreUnavailable, WorkerInfo
-from ..worker.registry import INFERENCE_BUCKETS, WORKER_STATES
+from ..jobs.worker_registry import INFERENCE_BUCKETS, WORKER_STATES
 
 __all__ = ["CONTENT_TYPE_LATEST", "ClusterCollector", "metrics_registry", "render_metrics"]
 

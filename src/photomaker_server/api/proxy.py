@@ -9,11 +9,11 @@ reachable this way: the proxy never makes an outgoing request.
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..settings import APP_ID
+from ..urls import http_url_or_none
 
 PROXY_PATH = "/api/fal/proxy"
 #: Paths the proxy may reach, by the kind of fal host they were addressed to.
@@ -29,12 +29,11 @@ def _is_fal_host(host: str) -> bool:
 
 def map_target(target: str) -> tuple[str, str] | None:
     """(path, query) on this server for a fal URL, or None when it is not one of this service's endpoints."""
-    try:
-        parts = urlsplit(target)
-        host, path = (parts.hostname or "").lower(), parts.path.rstrip("/") or "/"
-    except ValueError:  # e.g. an unclosed IPv6 bracket: not a URL we route
+    parts = http_url_or_none(target)
+    if parts is None:  # e.g. an unclosed IPv6 bracket: not a URL we route
         return None
-    if parts.scheme not in ("http", "https") or not _is_fal_host(host):
+    host, path = parts.host, parts.path_only.rstrip("/") or "/"
+    if not _is_fal_host(host):
         return None
     if host.startswith("queue."):
         mapped = path

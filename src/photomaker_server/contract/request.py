@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .styles import default_style, style_names
-from ..inputs.fetch import MAX_URL_CHARS
+from ..urls import MAX_URL_CHARS
 from ..settings import Settings
 
 DEFAULT_TRIGGER_WORD = "img"

@@ -14,7 +14,9 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import unquote
+
+from ..urls import http_url_or_none
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
@@ -70,16 +72,6 @@ def api_file_url(key: str, base_url: str | None) -> str:
     return f"{(base_url or '').rstrip('/')}/files/{key}"
 
 
-def http_url_parts(url: str) -> SplitResult | None:
-    """``url`` split into its parts when it is an http(s) URL at all, else None (what every "is this one of
-    ours?" check starts with)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    return parts if parts.scheme in ("http", "https") else None
-
-
 def api_file_key(url: str, base_url: str | None) -> str | None:
     """The key in a URL of the API's ``/files/`` route, else None.
 
@@ -87,12 +79,13 @@ def api_file_key(url: str, base_url: str | None) -> str | None:
     that reached us as ``localhost`` while we call ourselves ``127.0.0.1`` (or via a proxy hostname) still gets its
     file read from storage instead of fetched over the network.
     """
-    parts = http_url_parts(url)
+    parts = http_url_or_none(url)
     if parts is None:
         return None
-    base_path = urlsplit(base_url or "").path.rstrip("/")
+    base = http_url_or_none(base_url) if base_url else None
+    base_path = unquote(base.path_only).rstrip("/") if base is not None else ""
     prefix = f"{base_path}/files/"
-    path = unquote(parts.path)
+    path = unquote(parts.path_only)
     if not path.startswith(prefix):
         return None
     key = path[len(prefix) :]

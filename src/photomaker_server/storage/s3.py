@@ -58,13 +58,13 @@ from photomaker_server.storage.base import (
     api_file_key,
     api_file_url,
     clean_content_type,
-    http_url_parts,
     is_valid_key,
     is_valid_token,
     new_token,
     sanitize_file_name,
 )
 from photomaker_server.storage.uploads import PendingUpload, UploadSigner, upload_url
+from photomaker_server.urls import http_url_or_none
 
 __all__ = ["S3Storage", "parse_s3_url"]
 
@@ -244,20 +244,23 @@ class S3Storage:
         key = api_file_key(url, base_url if base_url is not None else self.base_url)
         if key is not None:
             return key
-        parts = http_url_parts(url)
+        parts = http_url_or_none(url)
         if parts is None:
             return None
-        path = unquote(parts.path)
-        if self.public_url:
-            public = urlsplit(self.public_url)
-            public_path = unquote(public.path).rstrip("/") + "/"
-            if (parts.scheme, parts.netloc) == (public.scheme, public.netloc) and path.startswith(public_path):
+        path = unquote(parts.path_only)
+        public = http_url_or_none(self.public_url) if self.public_url else None
+        if public is not None:
+            public_path = unquote(public.path_only).rstrip("/") + "/"
+            if parts.origin == public.origin and path.startswith(public_path):
                 key = path[len(public_path) :]
                 return key if is_valid_key(key) else None
-        endpoint = urlsplit(self._client.meta.endpoint_url or "")
-        if parts.netloc == endpoint.netloc and path.startswith(f"/{self.bucket}/{self.prefix}"):
+        endpoint = http_url_or_none(self._client.meta.endpoint_url or "")
+        if endpoint is None:
+            return None
+        virtual_host = (endpoint.scheme, f"{self.bucket}.{endpoint.host}", endpoint.port)
+        if parts.origin == endpoint.origin and path.startswith(f"/{self.bucket}/{self.prefix}"):
             key = path[len(f"/{self.bucket}/{self.prefix}") :]
-        elif parts.netloc == f"{self.bucket}.{endpoint.netloc}" and path.startswith(f"/{self.prefix}"):
+        elif parts.origin == virtual_host and path.startswith(f"/{self.prefix}"):
             key = path[len(f"/{self.prefix}") :]
         else:
             return None

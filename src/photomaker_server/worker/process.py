@@ -39,7 +39,7 @@ from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.base import StorageUnavailable
 from .job_run import JobRun
-from .registry import HEARTBEAT_S, WorkerCounters
+from ..jobs.worker_registry import HEARTBEAT_S, WorkerCounters
 from .shutdown import StopRequest, install_stop_handlers, watch_parent
 
 log = logging.getLogger(__name__)

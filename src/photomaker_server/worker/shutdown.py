@@ -15,25 +15,24 @@ this before the heavy imports.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from ..parent_death import set_parent_death_signal, watch_parent
+
+__all__ = ["RELEASE_NOW_SIGNAL", "StopRequest", "install_stop_handlers", "set_parent_death_signal",
+           "spawned_worker_main", "watch_parent"]
+
 if TYPE_CHECKING:
     from ..settings import Settings
 
 log = logging.getLogger(__name__)
-#: ``prctl`` option number (linux/prctl.h).
-PR_SET_PDEATHSIG = 1
-#: How often the fallback thread checks that the parent is still there.
-PARENT_POLL_S = 0.5
 #: Sent by ``photomaker serve`` to its worker on a second Ctrl-C / SIGTERM: skip the rest of the grace period.
 RELEASE_NOW_SIGNAL = signal.SIGUSR1
 
@@ -59,35 +58,6 @@ class StopRequest:
         if self._release_now.is_set():
             return True
         return self._deadline is not None and time.monotonic() >= self._deadline
-
-
-def set_parent_death_signal(signum: int) -> bool:
-    """Ask Linux to send ``signum`` to this process when its parent exits. False where unsupported.
-
-    Caveat: the kernel tracks the parent *thread* that forked us, so the parent must spawn workers from a thread
-    that lives as long as it does (the supervisor's main thread or its watch thread, which ends only at shutdown).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def watch_parent(parent_pid: int, on_orphaned: Callable[[], None], interval_s: float = PARENT_POLL_S) -> threading.Thread:
-    """Call ``on_orphaned`` (once) when this process's parent is no longer ``parent_pid`` (it died; we were
-    re-parented to init or a subreaper)."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval_s)
-        on_orphaned()
-
-    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    thread.start()
-    return thread
 
 
 def install_stop_handlers(

@@ -12,7 +12,7 @@ from ...contract.request import IMAGE_SIZE_PRESETS
 from ...contract.notices import INSIGHTFACE_LICENSE_NOTICE, TINY_FACE_PACK
 from ...contract.styles import default_style, style_names
 from ...jobs.records import WorkerInfo, iso_utc
-from ...worker.registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
+from ...jobs.worker_registry import STALE_AFTER_S as WORKER_STALE_AFTER_S
 from ...settings import APP_ID, Settings
 from ..context import get_ctx
 from ..metrics import CONTENT_TYPE_LATEST, render_metrics

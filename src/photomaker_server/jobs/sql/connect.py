@@ -1,13 +1,13 @@
-"""Database URLs → a backend (SQLite or PostgreSQL) and its engine; database errors → :class:`StoreUnavailable`."""
+"""A database URL (``jobs.database``) → the SQL dialect module and its engine; database errors → :class:`StoreUnavailable`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..database import database_url
 from ..records import StoreUnavailable
 from .postgres import PostgresBackend
 from .sqlite import SQLiteBackend
@@ -37,34 +37,6 @@ class Backend(Protocol):
     def notify(self, conn: Connection, channel: str, topics: list[str]) -> None: ...
 
     def lock_migrations(self, conn: Connection) -> None: ...
-
-
-def database_url(url_or_path: str | Path) -> sa.URL:
-    """Normalise what an operator writes: a filesystem path or ``sqlite:///path`` (SQLite), ``":memory:"``, or
-    ``postgresql://…`` / ``postgres://…`` / ``postgresql+psycopg://…`` (PostgreSQL through psycopg 3).
-
-    ValueError for anything else, including other PostgreSQL drivers (only psycopg 3 is installed).
-    """
-    text = str(url_or_path)
-    if isinstance(url_or_path, Path) or "://" not in text:
-        if text == ":memory:":
-            return sa.URL.create("sqlite")
-        path = Path(text).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return sa.URL.create("sqlite", database=str(path))
-    try:
-        url = sa.make_url(text)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL: {exc}") from None
-    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
-        return url.set(drivername="postgresql+psycopg")
-    if url.drivername in ("sqlite", "sqlite+pysqlite"):
-        if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return url
-    raise ValueError(
-        f"unsupported database {url.drivername!r}: use a file path, sqlite:///PATH or postgresql://…"
-    )
 
 
 def backend_for(url: sa.URL) -> Backend:

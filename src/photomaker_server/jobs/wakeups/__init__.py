@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..database import JobDatabase, parse_database_url
 from .base import WAKE_ALL, NullWakeups, Subscription, Wakeups
 from .local import LocalWakeups, socket_directory
 from .postgres import CHANNEL, PostgresWakeups, libpq_url
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-def open_wakeups(database_url: str | Path, *, local_dir: Path | None = None) -> Wakeups:
+def open_wakeups(database_url: str | Path | JobDatabase, *, local_dir: Path | None = None) -> Wakeups:
     """The wake-ups that match the job store at ``database_url``.
 
     * ``postgresql://…``, ``postgres://…``, ``postgresql+psycopg://…`` → :class:`PostgresWakeups`.
@@ -47,19 +48,10 @@ def open_wakeups(database_url: str | Path, *, local_dir: Path | None = None) -> 
       ``<db file>.wakeups`` next to the database (every process opening that file finds the others there).
     * An in-memory SQLite URL without ``local_dir`` → :class:`NullWakeups` (one process can use it anyway).
     """
-    url = str(database_url)
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        return PostgresWakeups(url)
-    if scheme == "sqlite":
-        database = url.split("://", 1)[1]
-        database = database[1:] if database.startswith("/") else database  # sqlite:///rel, sqlite:////abs
-        database = database.split("?", 1)[0]
-        if database in ("", ":memory:"):
-            return LocalWakeups(local_dir) if local_dir is not None else NullWakeups()
-        db_file = Path(database)
-    elif scheme:
-        raise ValueError(f"no wake-up transport for database URL scheme {scheme!r}")
-    else:
-        db_file = Path(url)
+    database = parse_database_url(database_url)  # the store reads the same URL the same way
+    if database.kind == "postgresql":
+        return PostgresWakeups(database.url_text())
+    db_file = database.sqlite_file
+    if db_file is None:
+        return LocalWakeups(local_dir) if local_dir is not None else NullWakeups()
     return LocalWakeups(local_dir if local_dir is not None else db_file.with_name(db_file.name + ".wakeups"))

@@ -10,7 +10,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..jobs.protocol import JobStore
+from .protocol import JobStore
 
 #: How often a worker writes its row; a row older than STALE_AFTER_S is a worker that is gone.
 HEARTBEAT_S = 2.0
