@@ -23,7 +23,7 @@ from typing import Any
 from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes, is_zip
 from ..inputs.budget import over_unpack_budget
 from ..inputs.errors import InputError
-from ..inputs.fetch import decode_data_uri
+from ..inputs.data_uri import decode_data_uri, is_data_uri
 from ..inputs.images import sniff_image_format
 from ..settings import Settings
 from .stored_files import NewFile, QuotaStorage
@@ -55,17 +55,13 @@ class _Decoded:
     file_name: str
 
 
-def _is_data_uri(value: object) -> bool:
-    return isinstance(value, str) and value[:5].lower() == "data:"
-
-
 def _locations(payload: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
     found: list[tuple[tuple[str | int, ...], str]] = []
     for field in ("image_archive_url", "initial_image_url"):
-        if _is_data_uri(payload.get(field)):
+        if is_data_uri(payload.get(field)):
             found.append(((field,), payload[field]))
     for index, url in enumerate(payload.get("image_urls") or []):
-        if _is_data_uri(url):
+        if is_data_uri(url):
             found.append((("image_urls", index), url))
     return found
 
