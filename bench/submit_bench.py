@@ -19,13 +19,15 @@ Issue 14's bar: a submit carrying a ~1.9 MB zip of 4 photos (one a 1.5 MB PNG) a
    2.5 MB over loopback) and the API process's CPU milliseconds per request (``/proc/<pid>/stat``, summed over
    all requests of a kind, so the 10 ms tick does not matter), and the ratios against the baseline.
 
+``--compare before=DIR`` starts a second API from another source tree (say the commit before a change, unpacked with
+``git archive``) and measures it interleaved with this checkout's, so before and after come from the same minutes of
+the same machine. ``--profile N`` then profiles N submits in-process (cProfile, the thread pool inlined).
+
 Example::
 
-    PYTHONPATH=src .venv/bin/python bench/submit_bench.py --requests 100 --json-out bench/results/submit.json
-    PYTHONPATH=src .venv/bin/python bench/submit_bench.py --postgres
-
-``--profile DIR`` runs the server under pyinstrument (``PYINSTRUMENT_PATH``: a ``pip --target`` directory holding
-it, never the project's environment) and writes the HTML profile there; timings are then not representative.
+    git archive e19257a src | tar -x -C /tmp/before
+    PYTHONPATH=src .venv/bin/python bench/submit_bench.py --requests 100 --postgres \\
+        --compare before=/tmp/before/src --json-out bench/results/submit.json
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(1, str(ROOT / "src"))
+sys.path.insert(2, str(ROOT / "tools"))  # substrate: the embedded PostgreSQL of --postgres
 
 KEY = "bench-submit-key"
 APP = "fal-ai/photomaker"
@@ -150,15 +154,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_server(data_dir: Path, port: int, database_url: str | None, profile_dir: Path | None) -> subprocess.Popen:
-    env = {**os.environ, "PHOTOMAKER_API_KEYS": KEY, "PYTHONPATH": str(ROOT / "src")}
-    args = [sys.executable]
-    if profile_dir is not None:
-        extra = os.environ.get("PYINSTRUMENT_PATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env["PYTHONPATH"], extra) if p)
-        args += ["-m", "pyinstrument", "-r", "html", "-o", str(profile_dir / "submit-profile.html")]
-    args += ["-m", "photomaker_server.cli", "serve", "--no-worker", "--data-dir", str(data_dir),
-             "--port", str(port)]
+def start_server(data_dir: Path, port: int, database_url: str | None, src: Path) -> subprocess.Popen:
+    """``photomaker serve --no-worker`` from the source tree ``src`` (this checkout's, or an older one's)."""
+    env = {**os.environ, "PHOTOMAKER_API_KEYS": KEY, "PYTHONPATH": str(src)}
+    args = [sys.executable, "-m", "photomaker_server.cli", "serve", "--no-worker", "--data-dir", str(data_dir),
+            "--port", str(port)]
     if database_url:
         args += ["--database-url", database_url]
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - closed with the process
@@ -205,7 +205,9 @@ def _summary(times: list[float], cpu: float) -> dict[str, float]:
     }
 
 
-def measure(port: int, pid: int, archive: bytes, requests: int, warmup: int) -> dict:
+def measure(servers: dict[str, tuple[int, int]], archive: bytes, requests: int, warmup: int) -> dict:
+    """Every kind of request on every server (label -> (port, pid)), interleaved in a new random order each round,
+    so that the machine's load drifts over all of them alike."""
     request = {"prompt": "a photo of a man img, film grain", "num_inference_steps": 4,
                "image_size": {"width": 64, "height": 64}, "seed": 1}
     data_uri = "data:application/zip;base64," + base64.b64encode(archive).decode("ascii")
@@ -215,71 +217,142 @@ def measure(port: int, pid: int, archive: bytes, requests: int, warmup: int) -> 
     }
     prepared = {name: RawClient.request("POST", f"/{APP}", body) for name, body in bodies.items()}
     prepared["health"] = RawClient.request("GET", "/health")
-    client = RawClient(port)
-    times: dict[str, list[float]] = {name: [] for name in prepared}
-    cpu: dict[str, float] = dict.fromkeys(prepared, 0.0)
-    order = list(prepared)
+    clients = {label: RawClient(port) for label, (port, _pid) in servers.items()}
+    pairs = [(label, name) for label in servers for name in prepared]
+    times: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    cpu: dict[tuple[str, str], float] = dict.fromkeys(pairs, 0.0)
     for i in range(warmup + requests):
-        random.shuffle(order)  # interleaved, in a different order each round: drift hits every kind alike
-        for name in order:
+        random.shuffle(pairs)
+        for label, name in pairs:
+            pid = servers[label][1]
             c0, t0 = cpu_seconds(pid), time.perf_counter()
-            status, answer = client.send(prepared[name])
+            status, answer = clients[label].send(prepared[name])
             elapsed, used = time.perf_counter() - t0, cpu_seconds(pid) - c0
             if status != 200:
-                raise RuntimeError(f"{name}: HTTP {status}: {answer[:500]!r}")
+                raise RuntimeError(f"{label} {name}: HTTP {status}: {answer[:500]!r}")
             if i >= warmup:
-                times[name].append(elapsed)
-                cpu[name] += used
-    client.close()
-    result = {name: _summary(times[name], cpu[name]) for name in prepared}
-    base = result["http_url"]
-    result["ratio_data_uri_to_http_url_p50"] = round(result["data_uri"]["p50_ms"] / base["p50_ms"], 2)
-    result["data_uri_extra_p50_ms"] = round(result["data_uri"]["p50_ms"] - base["p50_ms"], 2)
-    result["body_bytes"] = {name: len(body) for name, body in bodies.items()}
+                times[label, name].append(elapsed)
+                cpu[label, name] += used
+    for client in clients.values():
+        client.close()
+    result: dict = {"body_bytes": {name: len(body) for name, body in bodies.items()}}
+    for label in servers:
+        summary = {name: _summary(times[label, name], cpu[label, name]) for name in prepared}
+        base = summary["http_url"]
+        summary["ratio_data_uri_to_http_url_p50"] = round(summary["data_uri"]["p50_ms"] / base["p50_ms"], 2)
+        summary["data_uri_extra_p50_ms"] = round(summary["data_uri"]["p50_ms"] - base["p50_ms"], 2)
+        result[label] = summary
+    if len(servers) > 1:
+        this = result["this"]["data_uri"]["p50_ms"]
+        result["speedup_p50_vs"] = {label: round(result[label]["data_uri"]["p50_ms"] / this, 2)
+                                    for label in servers if label != "this"}
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=100, help="measured submits of each kind")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--postgres", action="store_true", help="also run against an embedded PostgreSQL")
-    parser.add_argument("--only-postgres", action="store_true", help="run against PostgreSQL only")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="run the server under pyinstrument")
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args(argv)
+def run_backend(backend: str, sources: dict[str, Path], archive: bytes, requests: int, warmup: int) -> dict:
+    """Start one API per source tree on ``backend`` (each with its own data directory and database), measure."""
+    import shutil
 
-    archive, entries = build_archive()
-    report: dict = {"benchmark": "submit_bench", "archive_bytes": len(archive), "entries": entries,
-                    "requests": args.requests, "loadavg_before": os.getloadavg(), "cpus": os.cpu_count()}
-    backends = ([] if args.only_postgres else ["sqlite"]) + (["postgres"] if args.postgres or args.only_postgres else [])
-    for backend in backends:
-        data_dir = Path(tempfile.mkdtemp(prefix="pm-submit-bench-"))
-        pg = database_url = None
+    pg = None
+    started: list[tuple[subprocess.Popen, Path]] = []
+    try:
         if backend == "postgres":
             from pg_server import PgServer
 
             pg = PgServer.embedded()
-            database_url = pg.create_database()
-        if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        process = start_server(data_dir, port, database_url, args.profile)
-        try:
-            report[backend] = measure(port, process.pid, archive, args.requests, args.warmup)
-        finally:
+        servers: dict[str, tuple[int, int]] = {}
+        for label, src in sources.items():
+            data_dir = Path(tempfile.mkdtemp(prefix="pm-submit-bench-"))
+            port = free_port()
+            process = start_server(data_dir, port, pg.create_database() if pg else None, src)
+            started.append((process, data_dir))
+            servers[label] = (port, process.pid)
+        return measure(servers, archive, requests, warmup)
+    finally:
+        for process, data_dir in started:
             stop_server(process)
-            if pg is not None and pg.handle is not None:
-                pg.handle.stop()
-            import shutil
-
             shutil.rmtree(data_dir, ignore_errors=True)
+        if pg is not None and pg.handle is not None:
+            pg.handle.stop()
+            shutil.rmtree(pg._directory or "", ignore_errors=True)
+
+
+def profile_in_process(archive: bytes, n: int, top: int) -> str:
+    """cProfile of ``n`` data-URI submits through the app in this process (ASGI, no sockets), the thread pool inlined
+    so that the profiler sees the handler: where the API's time goes, by function."""
+    import asyncio
+    import cProfile
+    import pstats
+
+    import httpx
+    from profile_api import inline_threadpool
+
+    from photomaker_server.api.app import build_context, create_app
+    from photomaker_server.settings import Settings
+
+    body = json.dumps({"prompt": "a photo of a man img", "image_archive_url": "data:application/zip;base64,"
+                       + base64.b64encode(archive).decode()}).encode()
+    data_dir = Path(tempfile.mkdtemp(prefix="pm-submit-profile-"))
+    ctx = build_context(Settings(data_dir=data_dir, api_keys=[KEY]))
+    app = create_app(ctx=ctx, housekeeping=False)
+    profiler = cProfile.Profile()
+
+    async def drive() -> None:
+        headers = {"Authorization": f"Key {KEY}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
+                                     headers=headers) as client:
+            with inline_threadpool():
+                for i in range(n + 3):
+                    if i == 3:
+                        profiler.enable()
+                    response = await client.post(f"/{APP}", content=body)
+                    assert response.status_code == 200, response.text[:300]
+                profiler.disable()
+
+    asyncio.run(drive())
+    ctx.store.close()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    import shutil
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100, help="measured requests of each kind, per server")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--postgres", action="store_true", help="also run against an embedded PostgreSQL")
+    parser.add_argument("--only-postgres", action="store_true", help="run against PostgreSQL only")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=SRC_DIR",
+                        help="also start an API from another source tree (e.g. an older commit's src/, from "
+                             "`git archive`), measured interleaved with this checkout's in the same run")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="afterwards, cProfile N submits in this process and print the top functions")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+
+    sources = {"this": ROOT / "src"}
+    for item in args.compare:
+        label, _, src = item.partition("=")
+        sources[label] = Path(src).resolve()
+    archive, entries = build_archive()
+    report: dict = {"benchmark": "submit_bench", "archive_bytes": len(archive), "entries": entries,
+                    "requests": args.requests, "sources": {k: str(v) for k, v in sources.items()},
+                    "loadavg_before": os.getloadavg(), "cpus": os.cpu_count()}
+    backends = ([] if args.only_postgres else ["sqlite"]) + (["postgres"] if args.postgres or args.only_postgres else [])
+    for backend in backends:
+        report[backend] = run_backend(backend, sources, archive, args.requests, args.warmup)
         print(json.dumps({backend: report[backend]}, indent=2), flush=True)
     report["loadavg_after"] = os.getloadavg()
+    if args.profile:
+        report["profile"] = profile_in_process(archive, args.profile, 30)
+        print(report["profile"])
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k not in backends}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in (*backends, "profile")}, indent=2))
     return 0
 
 
