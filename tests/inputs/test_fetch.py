@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from photomaker_server.inputs import fetch
+from photomaker_server.inputs import data_uri, fetch
 from photomaker_server.inputs.errors import InputError
 from photomaker_server.inputs.fetch import (
     FetchPolicy,
@@ -360,7 +360,7 @@ def test_overlong_data_uri_is_refused_before_decoding(monkeypatch: pytest.Monkey
     def must_not_decode(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("decoded an over-long data URI")
 
-    monkeypatch.setattr(fetch.base64, "b64decode", must_not_decode)
+    monkeypatch.setattr(data_uri.binascii, "a2b_base64", must_not_decode)
     policy = FetchPolicy(max_data_uri_bytes=1024 * 1024)
     with pytest.raises(InputError, match="more than 1 MB"):
         fetch_bytes("data:image/png;base64," + "A" * (2 * 1024 * 1024), policy)

@@ -23,7 +23,7 @@ from typing import Any
 from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes, is_zip
 from ..inputs.budget import over_unpack_budget
 from ..inputs.errors import InputError
-from ..inputs.fetch import decode_data_uri
+from ..inputs.data_uri import decode_data_uri, is_data_uri
 from ..inputs.images import sniff_image_format
 from ..settings import Settings
 from .stored_files import NewFile, QuotaStorage
@@ -47,30 +47,53 @@ class DataUriRefused(ValueError):
         return {"loc": ["body", *self.loc], "msg": self.message, "type": self.kind}
 
 
+Loc = tuple[str | int, ...]
+
+
 @dataclass
 class _Decoded:
-    loc: tuple[str | int, ...]
+    loc: Loc
     data: bytes
     content_type: str
     file_name: str
 
 
-def _is_data_uri(value: object) -> bool:
-    return isinstance(value, str) and value[:5].lower() == "data:"
+@dataclass
+class _Distinct:
+    """One data URI of the request and every place it appears (the first one names it in refusals)."""
+
+    uri: str
+    locs: list[Loc]
 
 
-def _locations(payload: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
-    found: list[tuple[tuple[str | int, ...], str]] = []
+def _locations(payload: dict[str, Any]) -> list[tuple[Loc, str]]:
+    found: list[tuple[Loc, str]] = []
     for field in ("image_archive_url", "initial_image_url"):
-        if _is_data_uri(payload.get(field)):
+        if is_data_uri(payload.get(field)):
             found.append(((field,), payload[field]))
     for index, url in enumerate(payload.get("image_urls") or []):
-        if _is_data_uri(url):
+        if is_data_uri(url):
             found.append((("image_urls", index), url))
     return found
 
 
-def _decode(loc: tuple[str | int, ...], uri: str, max_bytes: int) -> _Decoded:
+def _distinct(payload: dict[str, Any]) -> list[_Distinct]:
+    """The request's data URIs, each once, in field order. Compared, not hashed: hashing a 2.5 MB string costs a
+    millisecond, while two different URIs of the same length nearly always differ in their first bytes."""
+    distinct: list[_Distinct] = []
+    for loc, uri in _locations(payload):
+        for seen in distinct:
+            if seen.uri is uri or (len(seen.uri) == len(uri) and seen.uri == uri):
+                seen.locs.append(loc)
+                break
+        else:
+            distinct.append(_Distinct(uri, [loc]))
+    return distinct
+
+
+def _decode(loc: Loc, uri: str, max_bytes: int) -> _Decoded:
+    """The bytes of one data URI and what they are, judged by their first bytes (nothing is decompressed or
+    decoded as an image here: the worker does that once, under its limits)."""
     field = str(loc[0])
     try:
         data = decode_data_uri(uri.strip(), max_bytes).data
@@ -103,14 +126,11 @@ def unpack_budget(settings: Settings) -> UnpackBudget:
     return UnpackBudget(settings.max_request_input_bytes, ArchiveLimits.from_settings(settings))
 
 
-def _check_budget(decoded: list[tuple[str, _Decoded]], budget: UnpackBudget) -> None:
-    """Refuse the request once its distinct data URIs declare more than the budget (the one that crosses it)."""
+def _check_budget(decoded: list[_Decoded], budget: UnpackBudget) -> None:
+    """Refuse the request once its distinct data URIs (each stored once, read once by the worker) declare more than
+    the budget, naming the one that crosses it."""
     total = budget.already
-    counted: set[str] = set()
-    for uri, item in decoded:
-        if uri in counted:  # stored once, read once by the worker
-            continue
-        counted.add(uri)
+    for item in decoded:
         total += declared_unpacked_bytes(item.data, budget.archive_limits) or 0
         if total > budget.max_bytes:
             raise DataUriRefused(item.loc, over_unpack_budget(budget.max_bytes, by_headers=True),
@@ -123,25 +143,27 @@ def store_data_uris(
     """``payload`` with every data URI replaced by the storage URL of its decoded bytes, stored for ``owner``.
 
     All of them are decoded and checked (each, then together against ``budget``), and charged to the owner's storage
-    quota together, before the first is stored, so a refused request leaves nothing behind. Raises
+    quota together, before the first is stored, so a refused request leaves nothing behind. The same URI twice
+    (archive and image_urls) is decoded once and stays one file, as the worker reads it once. Raises
     :class:`DataUriRefused` (the first problem found, in field order) or :class:`~photomaker_server.limits.QuotaExceeded`.
+
+    Blocking (decoding, the quota transaction, the storage writes: S3 is a network call) and safe in any thread:
+    async code calls it through ``anyio.to_thread.run_sync``, never on the event loop.
     """
-    decoded = [(uri, _decode(loc, uri, max_bytes)) for loc, uri in _locations(payload)]
-    if not decoded:
+    distinct = _distinct(payload)
+    if not distinct:
         return payload
+    decoded = [_decode(found.locs[0], found.uri, max_bytes) for found in distinct]
     if budget is not None:
         _check_budget(decoded, budget)
+    written = files.put_all(owner, [NewFile(i.data, i.content_type, i.file_name) for i in decoded])
     result = dict(payload)
     if "image_urls" in result:
         result["image_urls"] = list(result["image_urls"])
-    # The same URI twice (archive and image_urls) stays one file, as the worker dedupes.
-    unique = {uri: item for uri, item in reversed(decoded)}
-    written = files.put_all(owner, [NewFile(i.data, i.content_type, i.file_name) for i in unique.values()])
-    stored = {uri: item.url for uri, item in zip(unique, written)}
-    for uri, item in decoded:
-        url = stored[uri]
-        if item.loc[0] == "image_urls":
-            result["image_urls"][item.loc[1]] = url
-        else:
-            result[str(item.loc[0])] = url
+    for found, stored in zip(distinct, written):
+        for loc in found.locs:
+            if loc[0] == "image_urls":
+                result["image_urls"][loc[1]] = stored.url
+            else:
+                result[str(loc[0])] = stored.url
     return result

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..inputs.budget import over_unpack_budget
+from ..inputs.data_uri import is_data_uri
 from ..jobs.protocol import JobStore
 from ..storage.base import FileStorage
 from .data_uris import DataUriRefused, UnpackBudget
@@ -29,7 +30,7 @@ def _stored_inputs(payload: dict[str, Any], storage: FileStorage) -> list[tuple[
     found.append((("initial_image_url",), payload.get("initial_image_url")))
     keyed = []
     for loc, url in found:
-        if isinstance(url, str) and not url.lstrip().lower().startswith("data:"):
+        if isinstance(url, str) and not is_data_uri(url[:64].lstrip()):  # a slice: never a copy of a data URI
             key = storage.key_from_url(url)
             if key is not None:
                 keyed.append((loc, key))

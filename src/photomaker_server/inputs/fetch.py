@@ -4,7 +4,7 @@ The worker downloads whatever URL a client names, from inside the operator's net
 could make it read cloud metadata (``169.254.169.254``), admin panels on ``127.0.0.1`` or hosts on the LAN.
 The defence here:
 
-1. Only ``http``, ``https`` and ``data:`` are accepted.
+1. Only ``http``, ``https`` and ``data:`` are accepted (data URIs are decoded by :mod:`.data_uri`).
 2. The host is resolved exactly once, and the request is refused if *any* resolved address is not globally
    routable (see :func:`address_problem`, which also unwraps IPv4 embedded in IPv6 forms).
 3. The connection goes to the address that was checked: the request URL's host is rewritten to that IP and
@@ -17,10 +17,7 @@ The defence here:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
-import math
 import mimetypes
 import re
 import socket
@@ -29,10 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
+from photomaker_server.inputs.data_uri import decode_data_uri, limit_text
 from photomaker_server.inputs.errors import InputError
 from photomaker_server.urls import MAX_URL_CHARS, HttpUrl, UrlError, parse_http_url
 from photomaker_server.urls import display as _display
@@ -51,10 +49,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "photomaker-server (+https://github.com/TencentARC/PhotoMaker)"
 #: How many of the (already checked) resolved addresses we try before giving up on a connection.
 _MAX_CONNECT_ATTEMPTS = 3
-
-
-def _limit_text(max_bytes: int) -> str:
-    return f"{max_bytes / MiB:.0f} MB" if max_bytes >= MiB else f"{max_bytes} bytes"
 
 
 @dataclass
@@ -308,55 +302,6 @@ def resolve_checked(host: str, port: int, allow: list[str]) -> list[IPAddress]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# data: URIs
-# --------------------------------------------------------------------------------------------------------
-
-
-def decode_data_uri(url: str, max_bytes: int) -> Fetched:
-    """Decode ``data:[<mime>][;params][;base64],<payload>`` with the size checked before and after decoding.
-
-    Base64 is checked strictly: every character must belong to the alphabet (standard or URL-safe; line breaks
-    and missing padding are tolerated, as MIME encoders and some clients produce them), so garbage is refused
-    rather than silently skipped. The API runs this at submit, the worker again when it reads the input.
-    """
-    header, sep, payload = url[5:].partition(",")
-    if not sep:
-        raise InputError("the data URI is malformed: expected 'data:<mime type>;base64,<data>'")
-    params = [p.strip() for p in header.split(";")]
-    is_base64 = len(params) > 1 and params[-1].lower() == "base64"
-    if is_base64:
-        params = params[:-1]
-    mime = params[0].lower() if params and "/" in params[0] else None
-    too_big = InputError(
-        f"the data URI holds more than {_limit_text(max_bytes)}; give larger files by http(s) URL instead"
-    )
-
-    if is_base64:
-        # 4 characters per 3 bytes; the slack allows line breaks and percent-encoded padding.
-        if len(payload) > 4 * math.ceil(max_bytes / 3) * 1.1 + 1024:
-            raise too_big
-        if "%" in payload:
-            payload = unquote(payload)
-        compact = re.sub(r"\s+", "", payload)
-        if "-" in compact or "_" in compact:  # URL-safe alphabet
-            compact = compact.replace("-", "+").replace("_", "/")
-        compact += "=" * (-len(compact) % 4)
-        try:
-            data = base64.b64decode(compact, validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError("the data URI's base64 payload is not valid base64") from None
-    else:
-        if len(payload) > 3 * max_bytes:  # percent-encoding only ever grows the text
-            raise too_big
-        data = unquote_to_bytes(payload)
-    if len(data) > max_bytes:
-        raise too_big
-    if not data:
-        raise InputError("the data URI is empty")
-    return Fetched(data=data, content_type=mime, url=url)
-
-
-# --------------------------------------------------------------------------------------------------------
 # http(s)
 # --------------------------------------------------------------------------------------------------------
 
@@ -383,7 +328,7 @@ def _content_type(response: httpx.Response) -> str | None:
 
 
 def _read_body(response: httpx.Response, target: _Target, policy: FetchPolicy, deadline: float) -> bytes:
-    too_big = InputError(f"{_display(target.url)!r} is larger than the {_limit_text(policy.max_bytes)} download limit")
+    too_big = InputError(f"{_display(target.url)!r} is larger than the {limit_text(policy.max_bytes)} download limit")
     declared = response.headers.get("content-length")
     if declared and declared.strip().isdigit() and int(declared) > policy.max_bytes:
         raise too_big
@@ -469,7 +414,7 @@ def _resolve_locally(url: str, policy: FetchPolicy) -> Fetched | None:
     if data is None:
         return None
     if len(data) > policy.max_bytes:
-        raise InputError(f"{_display(url)!r} is larger than the {_limit_text(policy.max_bytes)} download limit")
+        raise InputError(f"{_display(url)!r} is larger than the {limit_text(policy.max_bytes)} download limit")
     path = urlsplit(url).path
     return Fetched(data=bytes(data), content_type=mimetypes.guess_type(path)[0], url=url)
 
@@ -486,8 +431,9 @@ def fetch_bytes(url: str, policy: FetchPolicy) -> Fetched:
         raise InputError("no URL was given")
     url = url.strip()
     scheme = _scheme(url)
-    if scheme == "data":
-        return decode_data_uri(url, policy.max_data_uri_bytes)
+    if scheme == "data":  # decoded by inputs/data_uri.py, the same rules the API applied at submit
+        decoded = decode_data_uri(url, policy.max_data_uri_bytes)
+        return Fetched(data=decoded.data, content_type=decoded.content_type, url=url)
     if scheme not in ("http", "https"):
         if not scheme:
             raise InputError("the URL has no scheme; give an http(s) URL (https://...) or a data: URI")
