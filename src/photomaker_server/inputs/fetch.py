@@ -32,7 +32,7 @@ import httpx
 
 from photomaker_server.inputs.data_uri import decode_data_uri, limit_text
 from photomaker_server.inputs.errors import InputError
-from photomaker_server.urls import MAX_URL_CHARS, HttpUrl, UrlError, parse_http_url
+from photomaker_server.urls import HttpUrl, UrlError, parse_http_url
 from photomaker_server.urls import display as _display
 
 if TYPE_CHECKING:
