@@ -1,10 +1,10 @@
-"""Data URIs in a request: checked at submit and moved to file storage, so a job row holds URLs, not megabytes.
+"""Data URIs in a request: checked at submit and moved to file storage, so a job row holds keys, not megabytes.
 
 A data URI is the request's own bytes. Kept in the job row, a 45 MB photo became ~60 MB of JSON text in the
 database (plus as much again in the WAL), on every submit, before the worker got to refuse it. Here each one is
 decoded once, at submit (strict base64, the ``max_data_uri_bytes`` cap), judged by its magic bytes (an image, or
-for photo fields a zip), and written to storage with :meth:`FileStorage.put`; the request keeps that storage
-URL, which the worker reads straight from storage. Anything refused is refused with a 422 naming the field, and
+for photo fields a zip), and written to storage with :meth:`FileStorage.put`; the request keeps the file's
+storage key (a :class:`~photomaker_server.contract.files.FileRef`), which the worker reads straight from storage. Anything refused is refused with a 422 naming the field, and
 nothing of a refused request is stored.
 
 Stored inputs are ordinary stored files: they expire with the retention time (``result_ttl_hours``), like uploads.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract.files import FileRef
 from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes, is_zip
 from ..inputs.budget import over_unpack_budget
 from ..inputs.errors import InputError
@@ -120,7 +121,8 @@ def _check_budget(decoded: list[tuple[str, _Decoded]], budget: UnpackBudget) -> 
 def store_data_uris(
     payload: dict[str, Any], files: QuotaStorage, owner: str, max_bytes: int, budget: UnpackBudget | None = None
 ) -> dict[str, Any]:
-    """``payload`` with every data URI replaced by the storage URL of its decoded bytes, stored for ``owner``.
+    """``payload`` with every data URI replaced by the :class:`FileRef` (storage key) of its decoded bytes, stored
+    for ``owner``.
 
     All of them are decoded and checked (each, then together against ``budget``), and charged to the owner's storage
     quota together, before the first is stored, so a refused request leaves nothing behind. Raises
@@ -137,11 +139,11 @@ def store_data_uris(
     # The same URI twice (archive and image_urls) stays one file, as the worker dedupes.
     unique = {uri: item for uri, item in reversed(decoded)}
     written = files.put_all(owner, [NewFile(i.data, i.content_type, i.file_name) for i in unique.values()])
-    stored = {uri: item.url for uri, item in zip(unique, written)}
+    stored = {uri: FileRef.stored(item.key) for uri, item in zip(unique, written)}
     for uri, item in decoded:
-        url = stored[uri]
+        ref = stored[uri]
         if item.loc[0] == "image_urls":
-            result["image_urls"][item.loc[1]] = url
+            result["image_urls"][item.loc[1]] = ref
         else:
-            result[str(item.loc[0])] = url
+            result[str(item.loc[0])] = ref
     return result

@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..contract.result import StoredOutput
+from ..contract.stored import StoredRequest
+
 __all__ = [
     "CANCELLED_ERROR",
     "ERROR_TYPE_CANCELLED",
+    "ERROR_TYPE_INTERNAL",
     "ERROR_TYPE_REQUEST_TIMEOUT",
     "ERROR_TYPE_RUNNER",
     "LOG_LEVELS",
@@ -89,6 +93,7 @@ RELEASED_MESSAGE = "Worker stopped; the request is back in the queue"
 ERROR_TYPE_REQUEST_TIMEOUT = "request_timeout"
 ERROR_TYPE_CANCELLED = "client_cancelled"
 ERROR_TYPE_RUNNER = "runner_server_error"
+ERROR_TYPE_INTERNAL = "internal_error"
 
 
 class StoreUnavailable(Exception):
@@ -145,9 +150,9 @@ class Job:
     id: str
     owner: str
     app: str
-    #: The request body. None where it was deliberately not loaded (``get(..., with_input=False)``, ``cleanup``):
-    #: inputs may carry megabytes of data URIs, and status polls must not parse them every time.
-    input: dict[str, Any] | None
+    #: The request as validated at submit. None where it was deliberately not loaded (``get(..., with_input=False)``,
+    #: ``cleanup``): no status poll needs it.
+    input: StoredRequest | None
     status: JobStatus
     priority: int
     created_at: float
@@ -159,7 +164,8 @@ class Job:
     lease_owner: str | None
     lease_expires_at: float | None
     cancel_requested: bool
-    result: dict[str, Any] | None
+    #: What the worker stored (None until it completed without error).
+    result: StoredOutput | None
     error: str | None
     error_type: str | None
     inference_time: float | None

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ...contract.request import PhotoMakerInput, parse_request
-from ...contract.result import PhotoMakerOutput
+from ...contract.result import PhotoMakerOutput, UrlRenderer, render_output
+from ...contract.stored import FILE_FIELDS, stored_request
 from ...inputs.errors import InputError
 from ...inputs.fetch import ALLOW_HINT, address_problem, is_allow_listed, parse_literal_ip
-from ...jobs.results import UrlRenderer, render_result
 from ...jobs.wakeups import Subscription
 from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavailable, job_topic, log_topic, parse_priority
 from ...settings import APP_ID
@@ -112,12 +112,15 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         return validation_response(exc)
     priority, start_deadline = _priority(request), _start_deadline(request)
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
-    payload_in = data.model_dump(mode="json", exclude_none=True)
+    files_in = data.model_dump(include=set(FILE_FIELDS), exclude_none=True)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
-        budget = check_stored_inputs(payload_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
-        stored_input = store_data_uris(payload_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
+        budget = check_stored_inputs(files_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
+        files_in = store_data_uris(files_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
+    # Built once: data URIs are keys now, and URLs of our own storage become keys here (the worker never parses
+    # a URL back); the job row holds this, and the worker reads it as it is.
+    stored_input = stored_request(data, files_in, ctx.storage.key_from_url)
     return ctx.store.submit(
         owner,
         APP_ID,
@@ -307,14 +310,16 @@ class _SubscribedStream(StreamingResponse):
             self.held.release()
 
 
-def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONResponse:
+def result_response(job: Job, url_for: UrlRenderer) -> JSONResponse:
     """The result endpoint's answer; ``url_for`` renders stored images' URLs from their keys."""
     headers = _request_headers(job.id)
     if job.status != JobStatus.COMPLETED:
         return error_response(400, "Request is still in progress", "request_in_progress", headers)
     if job.error:
         return error_response(ERROR_STATUS.get(job.error_type or "", 500), job.error, job.error_type or "internal_error", headers)
-    return JSONResponse(render_result(job.result, url_for), headers=headers)
+    if job.result is None:  # completed without error always stores a result
+        return error_response(500, "The request's result is missing", "internal_error", headers)
+    return JSONResponse(render_output(job.result, url_for).model_dump(mode="json", exclude_none=True), headers=headers)
 
 
 @router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result")
