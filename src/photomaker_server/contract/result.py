@@ -20,6 +20,8 @@ UrlRenderer = Callable[[str], str]
 
 
 class _ImageFacts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     content_type: str
     file_name: str
     file_size: int

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Protocol
 
+from ..contract.errors import ErrorType
 from ..contract.result import StoredOutput
 from ..contract.stored import StoredRequest
 from ..limits import StorageQuota, StorageUsage
@@ -72,7 +73,7 @@ class JobStore(Protocol):
         logs: Sequence[tuple[str, str]] = (),
     ) -> bool: ...
 
-    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool: ...
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: ErrorType) -> bool: ...
 
     def release(self, job_id: str, worker_id: str) -> bool: ...
 

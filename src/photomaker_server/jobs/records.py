@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..contract.errors import ErrorType
 from ..contract.result import StoredOutput
 from ..contract.stored import StoredRequest
 
 __all__ = [
     "CANCELLED_ERROR",
-    "ERROR_TYPE_CANCELLED",
-    "ERROR_TYPE_INTERNAL",
-    "ERROR_TYPE_REQUEST_TIMEOUT",
-    "ERROR_TYPE_RUNNER",
     "LOG_LEVELS",
     "MAX_LOG_MESSAGE_CHARS",
     "PRIORITIES",
@@ -90,10 +87,6 @@ MAX_LOG_MESSAGE_CHARS = 8000
 REQUEST_TIMEOUT_ERROR = "The request was not started within its X-Fal-Request-Timeout"
 CANCELLED_ERROR = "Request cancelled"
 RELEASED_MESSAGE = "Worker stopped; the request is back in the queue"
-ERROR_TYPE_REQUEST_TIMEOUT = "request_timeout"
-ERROR_TYPE_CANCELLED = "client_cancelled"
-ERROR_TYPE_RUNNER = "runner_server_error"
-ERROR_TYPE_INTERNAL = "internal_error"
 
 
 class StoreUnavailable(Exception):
@@ -167,7 +160,8 @@ class Job:
     #: What the worker stored (None until it completed without error).
     result: StoredOutput | None
     error: str | None
-    error_type: str | None
+    #: Why it failed (with ``error``), from the one vocabulary of error types.
+    error_type: ErrorType | None
     inference_time: float | None
     webhook_url: str | None
     #: Set by ``submit`` only: how many queued jobs were ahead of it when it was queued (what fal's submit answer

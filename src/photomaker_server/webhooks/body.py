@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..contract.errors import ErrorType, failure_body
 from ..contract.result import UrlRenderer, render_output
 from ..jobs.records import Job
 
@@ -51,4 +52,4 @@ def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
         if job.result is not None:
             result = render_output(job.result, url_for or _relative_url).model_dump(mode="json", exclude_none=True)
         return webhook_body(job.id, result, None)
-    return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
+    return webhook_body(job.id, None, failure_body(job.error, ErrorType.of(job.error_type)))

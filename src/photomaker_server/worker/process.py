@@ -28,6 +28,7 @@ from typing import Any
 from PIL.Image import Image
 
 from ..deployment import open_deployment
+from ..contract.errors import ErrorType
 from ..contract.files import FileRef
 from ..contract.result import StoredImage, StoredOutput
 from ..contract.stored import StoredRequest
@@ -244,7 +245,7 @@ class Worker:
         from ..engine.service import GenerationRequest
 
         if self.load_error:
-            raise _JobError(self.load_error, "runner_server_error")
+            raise _JobError(self.load_error, ErrorType.RUNNER_SERVER_ERROR)
         inputs_started = time.perf_counter()
         request, named, initial = self.job_inputs(job, run.log)
         photos, names = [image for _, image in named], [name for name, _ in named]
@@ -291,7 +292,7 @@ class Worker:
         fetched."""
         request = job.input
         if request is None:  # a claim always loads the input; a job read without it cannot be run
-            raise _JobError("The stored request was not loaded", "internal_error")
+            raise _JobError("The stored request was not loaded", ErrorType.INTERNAL_ERROR)
         named, initial = self.inputs.load_named(request, log)
         return request, named, initial
 
@@ -319,25 +320,25 @@ class Worker:
             self._release(job)
             return
         if isinstance(exc, GenerationCancelled):
-            message, error_type = CANCELLED_ERROR, "client_cancelled"
+            message, error_type = CANCELLED_ERROR, ErrorType.CLIENT_CANCELLED
         elif isinstance(exc, _JobError):
             message, error_type = str(exc), exc.error_type
         elif isinstance(exc, InputError):
-            message, error_type = str(exc), "input_error"
+            message, error_type = str(exc), ErrorType.INPUT_ERROR
         elif isinstance(exc, (WeightsUnavailable, CheckpointError)):
-            message, error_type = f"The model could not be loaded: {exc}", "weights_unavailable"
+            message, error_type = f"The model could not be loaded: {exc}", ErrorType.WEIGHTS_UNAVAILABLE
         elif isinstance(exc, StorageUnavailable):
-            message, error_type = str(exc), "runner_server_error"
+            message, error_type = str(exc), ErrorType.RUNNER_SERVER_ERROR
         else:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
+            message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", ErrorType.RUNNER_SERVER_ERROR
         run.log(message, "ERROR")
         run.flush()
         self._finish(job, run, "error", lambda: self.store.fail(job.id, self.worker_id, message, error_type))
 
 
 class _JobError(Exception):
-    def __init__(self, message: str, error_type: str) -> None:
+    def __init__(self, message: str, error_type: ErrorType) -> None:
         super().__init__(message)
         self.error_type = error_type
 

@@ -21,10 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ...contract.errors import ErrorType
 from ...contract.result import StoredOutput
 from ..health import DatabaseHealth
 from ..records import (
-    ERROR_TYPE_CANCELLED,
     MAX_LOG_MESSAGE_CHARS,
     LogLine,
     StoreUnavailable,
@@ -224,7 +224,7 @@ class SQLStoreBase:
         held_by: str | None = None,
         result: StoredOutput | None = None,
         error: str | None = None,
-        error_type: str | None = None,
+        error_type: ErrorType | None = None,
         inference_time: float | None = None,
     ) -> bool:
         """Move a job to ``completed`` if ``guard`` still holds (or, the usual case, the worker ``held_by``
@@ -242,7 +242,7 @@ class SQLStoreBase:
         owner, url = row
         # A job reaches ``completed`` once (every finish is guarded), so it is counted once however often it ran.
         outcome = ("jobs_completed" if error is None else
-                   "jobs_cancelled" if error_type == ERROR_TYPE_CANCELLED else "jobs_failed")
+                   "jobs_cancelled" if error_type == ErrorType.CLIENT_CANCELLED else "jobs_failed")
         images = len(result.images) if result is not None and error is None else 0
         self._count_usage(conn, owner, now, **{outcome: 1}, images=images,
                           inference_seconds=float(inference_time or 0.0))

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ...contract.errors import ErrorType
 from ...contract.result import StoredOutput
 from ...contract.stored import StoredRequest
 from ..records import Delivery, Job, JobStatus, LogLine, WorkerInfo
@@ -37,7 +38,7 @@ def to_job(row: sa.Row[Any]) -> Job:
         cancel_requested=bool(m["cancel_requested"]),
         result=None if m["result"] is None else StoredOutput.model_validate_json(m["result"]),
         error=m["error"],
-        error_type=m["error_type"],
+        error_type=None if m["error_type"] is None else ErrorType.of(m["error_type"]),
         inference_time=m["inference_time"],
         webhook_url=m["webhook_url"],
     )

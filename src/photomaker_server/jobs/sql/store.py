@@ -23,14 +23,11 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 
+from ...contract.errors import ErrorType
 from ...contract.result import StoredOutput
 from ...contract.stored import StoredRequest
 from ..records import (
     CANCELLED_ERROR,
-    ERROR_TYPE_CANCELLED,
-    ERROR_TYPE_INTERNAL,
-    ERROR_TYPE_REQUEST_TIMEOUT,
-    ERROR_TYPE_RUNNER,
     RELEASED_MESSAGE,
     REQUEST_TIMEOUT_ERROR,
     CancelOutcome,
@@ -245,7 +242,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         """Fail a claimed job whose stored request does not read as a ``StoredRequest`` (a row damaged by hand,
         or written by another program): no worker could ever run it."""
         log.error("job %s: its stored request cannot be read (%s); failing it", job_id, exc)
-        self.fail(job_id, worker_id, "The stored request cannot be read by this server", ERROR_TYPE_INTERNAL)
+        self.fail(job_id, worker_id, "The stored request cannot be read by this server", ErrorType.INTERNAL_ERROR)
 
     def _claim_once(self, worker_id: str, lease_seconds: float, skip: list[str]) -> sa.Row[Any] | None:
         now = self._clock()
@@ -315,7 +312,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                     self._insert_log(conn, job_id, message, level, now)
             return done
 
-    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool:
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: ErrorType) -> bool:
         """Record failure (or a cancellation the worker acted on: ``CANCELLED_ERROR``/``client_cancelled``)."""
         now = self._clock()
         with self._write() as conn:
@@ -336,7 +333,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
             if cancel is None:
                 return False
             if cancel:
-                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return True
                 return False
@@ -376,7 +373,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         expired = []
         for job_id in ids:
             if self._finish(
-                conn, job_id, now, guard=guard, error=REQUEST_TIMEOUT_ERROR, error_type=ERROR_TYPE_REQUEST_TIMEOUT
+                conn, job_id, now, guard=guard, error=REQUEST_TIMEOUT_ERROR, error_type=ErrorType.REQUEST_TIMEOUT
             ):
                 self._insert_log(conn, job_id, REQUEST_TIMEOUT_ERROR, "ERROR", now)
                 expired.append(job_id)
@@ -412,12 +409,12 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                     else "is no longer registered (it exited or was killed)")
             log.warning("worker %s %s; its lease on %s expired %.0f s ago", owner, gone, job_id, now - expired_at)
             if cancel_requested:
-                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     touched.append(job_id)
             elif attempts >= max_attempts:
                 message = f"The request failed {attempts} times (the worker stopped while running it)"
-                if self._finish(conn, job_id, now, guard=guard, error=message, error_type=ERROR_TYPE_RUNNER):
+                if self._finish(conn, job_id, now, guard=guard, error=message, error_type=ErrorType.RUNNER_SERVER_ERROR):
                     self._insert_log(conn, job_id, message, "ERROR", now)
                     touched.append(job_id)
             else:
@@ -525,7 +522,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                 return CancelOutcome.ALREADY_COMPLETED
             if status == _QUEUED:
                 if self._finish(
-                    conn, job_id, now, guard=jobs.c.status == _QUEUED, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED
+                    conn, job_id, now, guard=jobs.c.status == _QUEUED, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED
                 ):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return CancelOutcome.REMOVED
@@ -557,7 +554,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         """
         kind = sa.case(
             (jobs.c.error.is_(None), "ok"),
-            (jobs.c.error_type == ERROR_TYPE_CANCELLED, "cancelled"),
+            (jobs.c.error_type == ErrorType.CLIENT_CANCELLED, "cancelled"),
             else_="error",
         )
         with self._read() as conn:
