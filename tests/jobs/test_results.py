@@ -88,3 +88,15 @@ def test_the_dispatcher_renders_then_signs(store):
     image = json.loads(body)["payload"]["images"][0]
     assert image["url"] == f"https://cdn.example/{KEY}" and image["file_name"] == "out-0.png"
     assert verify(signer.jwks(), headers, body, now=int(headers["X-Fal-Webhook-Timestamp"]))
+
+
+def test_a_failed_request_posts_the_result_endpoints_error_body():
+    job = _Job(None)  # type: ignore[arg-type]
+    job.error, job.error_type = "no face in any photo", "no_face_detected"
+    body = json.loads(job_webhook_body(job, url_for))
+    assert body["status"] == "ERROR"
+    assert body["payload"] == {"detail": [{"loc": ["body", "image_archive_url"], "msg": "no face in any photo",
+                                           "type": "no_face_detected"}], "error_type": "no_face_detected"}
+    job.error, job.error_type = "out of memory", "something unheard of"  # a row written by something else
+    assert json.loads(job_webhook_body(job, url_for))["payload"] == {"detail": "out of memory",
+                                                                     "error_type": "internal_error"}

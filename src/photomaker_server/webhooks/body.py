@@ -47,9 +47,9 @@ def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
     """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``): the payload is what the
     result endpoint answers (``contract.result.render_output``). ``url_for`` renders the URLs of stored images from
     their keys (without it: the API's relative ``/files/<key>`` path)."""
-    if job.error is None:
-        result = None
-        if job.result is not None:
-            result = render_output(job.result, url_for or _relative_url).model_dump(mode="json", exclude_none=True)
+    if job.error is None and job.result is not None:
+        result = render_output(job.result, url_for or _relative_url).model_dump(mode="json", exclude_none=True)
         return webhook_body(job.id, result, None)
-    return webhook_body(job.id, None, failure_body(job.error, ErrorType.of(job.error_type)))
+    # as the result endpoint answers it (a job completed without error always has its result)
+    detail = job.error or "The request's result is missing"
+    return webhook_body(job.id, None, failure_body(detail, ErrorType.of(job.error_type)))
