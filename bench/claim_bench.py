@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tools")]
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests")]
 
+from helpers import stored_output, stored_request  # noqa: E402
 from substrate import start_postgres  # noqa: E402
 
 from photomaker_server.jobs.sql import SQLJobStore  # noqa: E402
@@ -59,7 +60,7 @@ def fill(store: SQLJobStore, jobs: int, keys: int, limited: int) -> list[float]:
     for owner in owners:
         for i in range(per_key):
             start = time.perf_counter()
-            store.submit(owner, APP, {"prompt": f"job {i}"})
+            store.submit(owner, APP, stored_request())
             times.append(time.perf_counter() - start)
     return times
 
@@ -75,7 +76,7 @@ def measure(url: str, jobs: int, keys: int, claims: int, limited: int) -> dict:
             times.append(time.perf_counter() - start)
             assert job is not None
             owners.append(job.owner)
-            store.complete(job.id, job.lease_owner, {"images": []}, inference_time=0.01)
+            store.complete(job.id, job.lease_owner, stored_output(), inference_time=0.01)
         ms = [t * 1000 for t in times]
         distinct_first_100 = len(set(owners[:keys]))
         return {"queued": jobs, "keys": keys, "limited_keys": limited, "claims": claims,

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import stored_output, stored_request  # noqa: E402
+
 KEY = "bench-key"
 APP = "fal-ai/photomaker"
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             # one finished job
             finished = (await client.post(f"/{APP}", json=body)).json()["request_id"]
             job = ctx.store.claim("bench-worker", 60)
-            ctx.store.complete(job.id, "bench-worker", {"images": [], "seed": 1}, 0.1)
+            ctx.store.complete(job.id, "bench-worker", stored_output(seed=1), 0.1)
             queued = (await client.post(f"/{APP}", json=body)).json()["request_id"]
             n = args.requests
             paths = {
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # a long queue: the status of its last job counts everything ahead of it
             while ctx.store.counts().get("queued", 0) < args.queue:
-                ctx.store.submit("owner-x", APP, {"prompt": "x"})
+                ctx.store.submit("owner-x", APP, stored_request())
             last = (await client.post(f"/{APP}", json=body)).json()["request_id"]
             report["queue_length"] = ctx.store.counts().get("queued")
             report["asgi_threadpool"]["status_queued_long_queue"] = await cpu_ms_per_request(
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 "get_without_input": cpu_ms_per_call(lambda: ctx.store.get(finished, with_input=False), n),
                 "queue_position_long_queue": cpu_ms_per_call(lambda: ctx.store.queue_position(job_q), n // 4),
                 "status_body_finished": cpu_ms_per_call(lambda: status_body(ctx, job_f, None), n),
-                "submit": cpu_ms_per_call(lambda: ctx.store.submit("owner-y", APP, {"prompt": "x"}), n // 4),
+                "submit": cpu_ms_per_call(lambda: ctx.store.submit("owner-y", APP, stored_request()), n // 4),
                 "validate_input": cpu_ms_per_call(lambda: validate_input(ctx, body), n),
                 "logs_finished": cpu_ms_per_call(lambda: ctx.store.logs(finished), n),
             }

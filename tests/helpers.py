@@ -27,3 +27,22 @@ def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt)
     return buf.getvalue()
+
+
+def stored_request(prompt: str = "a photo of a person img", archive: str = "https://example.com/a.zip", **fields):  # noqa: ANN201
+    """A request as the job store keeps it (``StoredRequest``), for tests of the store and what reads it."""
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.stored import StoredRequest
+
+    return StoredRequest(prompt=prompt, image_archive_url=FileRef.outside(archive), **fields)
+
+
+def stored_output(*keys: str, seed: int = 1, prompt: str = "a photo of a person img", urls: tuple[str, ...] = ()):  # noqa: ANN201
+    """A result as the worker stores it (``StoredOutput``): one PNG per storage key, then one per URL."""
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.result import StoredImage, StoredOutput
+
+    refs = [FileRef.stored(k) for k in keys] + [FileRef.outside(u) for u in urls]
+    images = [StoredImage(file=ref, content_type="image/png", file_name=f"out-{i}.png", file_size=3, width=8,
+                          height=8) for i, ref in enumerate(refs)]
+    return StoredOutput(images=images, seed=seed, prompt=prompt)

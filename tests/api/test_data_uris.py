@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 from helpers import image_bytes, make_face
+from photomaker_server.contract.files import FileRef
 from photomaker_server.api.data_uris import DataUriRefused, UnpackBudget, store_data_uris
 from photomaker_server.api.stored_files import QuotaStorage
 from photomaker_server.inputs.archives import ArchiveLimits
@@ -45,14 +46,14 @@ def quota_files(storage: MemoryStorage, **quota: int) -> QuotaStorage:
     return QuotaStorage(SQLJobStore(":memory:"), storage, limits, retention_s=3600)
 
 
-def test_every_data_uri_becomes_a_storage_url():
+def test_every_data_uri_becomes_a_storage_key():
     storage = MemoryStorage()
     payload = {"prompt": "p", "image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG),
                "image_urls": ["https://example.com/a.png", uri(PNG)]}
     out = store_data_uris(payload, quota_files(storage), "alice", 1 << 20)
     assert out["prompt"] == "p" and out["image_urls"][0] == "https://example.com/a.png"
-    assert all(v.startswith("http://srv/files/") for v in (out["image_archive_url"], out["initial_image_url"],
-                                                           out["image_urls"][1]))
+    refs = (out["image_archive_url"], out["initial_image_url"], out["image_urls"][1])
+    assert all(isinstance(v, FileRef) and v.key in storage.files for v in refs)
     # The same URI twice is one file (the worker de-duplicates the archive and image_urls by URL).
     assert out["initial_image_url"] == out["image_urls"][1] and len(storage.files) == 2
     assert sorted((ct, data == PNG) for data, ct, _ in storage.files.values()) == [("application/zip", False),
@@ -143,7 +144,7 @@ def test_what_the_headers_cannot_vouch_for_is_left_to_the_worker():
                "image_urls": [uri(too_big_entry, "application/zip")]}
     limits = UnpackBudget(3 * MiB, ArchiveLimits(max_entry_bytes=2 * MiB))
     out = store_data_uris(payload, quota_files(storage), "alice", 8 * MiB, limits)
-    assert len(storage.files) == 2 and out["image_urls"][0].startswith("http://srv/files/")
+    assert len(storage.files) == 2 and out["image_urls"][0].key in storage.files
 
 
 def test_single_images_count_their_size():

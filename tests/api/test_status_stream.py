@@ -9,6 +9,7 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
+from helpers import stored_request, stored_output
 from photomaker_server.api.app import create_app
 from photomaker_server.api.auth import owner_id
 from photomaker_server.jobs.keys import KEYS_TOPIC
@@ -52,7 +53,7 @@ def _events(response) -> list[dict]:  # noqa: ANN001
 def test_a_stream_wakes_for_log_lines_only_when_it_shows_them(app, logs):
     ctx = app.state.ctx
     store = ctx.store
-    job = store.submit(owner_id(KEY), APP_ID, {})
+    job = store.submit(owner_id(KEY), APP_ID, stored_request())
     store.claim("w", 30)
     counting = _CountingStore(store)
     ctx.store = counting
@@ -64,7 +65,7 @@ def test_a_stream_wakes_for_log_lines_only_when_it_shows_them(app, logs):
             store.append_log(job.id, f"Step {i + 1}/5")
         time.sleep(0.3)
         woken_by_logs.append(counting.gets - before)
-        store.complete(job.id, "w", {"images": []}, 1.0, last_log="Completed")
+        store.complete(job.id, "w", stored_output(), 1.0, last_log="Completed")
 
     woken_by_logs: list[int] = []
     thread = threading.Thread(target=worker)
@@ -92,10 +93,10 @@ def test_no_subscription_is_left_behind_by_unknown_ids_or_clients_that_leave(app
     with TestClient(app) as client:
         assert client.get(f"/{APP_ID}/requests/no-such-id/status/stream", headers=headers).status_code == 404
         assert client.get(f"/{APP_ID}/requests/a%0Ab/status/stream", headers=headers).status_code == 404
-        other = store.submit(owner_id("someone else"), APP_ID, {})
+        other = store.submit(owner_id("someone else"), APP_ID, stored_request())
         assert client.get(f"/{APP_ID}/requests/{other.id}/status/stream", headers=headers).status_code == 404
         assert _topics(app) == {}
-        job = store.submit(owner_id(KEY), APP_ID, {})
+        job = store.submit(owner_id(KEY), APP_ID, stored_request())
         with client.stream("GET", f"/{APP_ID}/requests/{job.id}/status/stream", headers=headers) as response:
             first = next(line for line in response.iter_lines() if line.startswith("data:"))
             assert json.loads(first[5:])["status"] == "IN_QUEUE"

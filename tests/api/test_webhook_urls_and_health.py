@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from helpers import stored_request
 from photomaker_server.api.app import create_app
 from photomaker_server.jobs.records import WorkerInfo
 from photomaker_server.settings import APP_ID, Settings
@@ -78,7 +79,7 @@ def test_the_url_parser_splits_what_it_accepts():
 def test_health_without_a_key_names_no_host_and_no_request(client):
     ctx = client.app.state.ctx
     alice, bob = ctx.keys.owner_for(f"Key {ALICE}"), ctx.keys.owner_for(f"Key {BOB}")
-    job = ctx.store.submit(alice, APP_ID, REQUEST)
+    job = ctx.store.submit(alice, APP_ID, stored_request())
     ctx.store.heartbeat(WorkerInfo(id="gpu-box-7-1234-abcdef", host="gpu-box-7", pid=1234, state="busy",
                                    current_job=job.id))
     for path in ("/health", "/ready"):

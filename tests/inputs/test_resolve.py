@@ -18,6 +18,7 @@ from PIL import Image
 import photomaker_server
 from helpers import image_bytes, make_face
 from photomaker_server.contract.request import PhotoMakerInput
+from photomaker_server.contract.stored import FILE_FIELDS, stored_request
 from photomaker_server.inputs.budget import RequestBudget
 from photomaker_server.inputs.errors import InputError
 from photomaker_server.inputs.resolve import InputLoader
@@ -59,7 +60,9 @@ def _photos(*seeds: int) -> dict[str, bytes]:
 
 def _load(storage: CountingStorage, archive_url: str, budget: RequestBudget | None = None, **fields):  # noqa: ANN202
     settings = Settings(**{name: fields.pop(name) for name in list(fields) if name in Settings.model_fields})
-    request = PhotoMakerInput(prompt="a photo of a man img", image_archive_url=archive_url, **fields)
+    given = PhotoMakerInput(prompt="a photo of a man img", image_archive_url=archive_url, **fields)
+    # as the API stores it: URLs of this storage become keys, read from storage by key
+    request = stored_request(given, given.model_dump(include=set(FILE_FIELDS)), storage.key_from_url)
     lines: list[str] = []
     photos, initial = InputLoader(settings, storage).load_named(request, lambda m, *_: lines.append(m), budget)
     return photos, initial, lines
@@ -154,7 +157,8 @@ _SIXTEEN_BIG = textwrap.dedent('''
     import io, json, os, struct, sys, zipfile, zlib
     from pathlib import Path
     from PIL import Image
-    from photomaker_server.contract.request import PhotoMakerInput
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.stored import StoredRequest
     from photomaker_server.inputs.budget import RequestBudget
     from photomaker_server.inputs.resolve import InputLoader
     from photomaker_server.settings import Settings
@@ -181,11 +185,11 @@ _SIXTEEN_BIG = textwrap.dedent('''
         for i in range(16):
             z.writestr(f"p{i:02d}.{fmt.lower()}", variant(i))
     storage = LocalStorage(root, "http://127.0.0.1:8000", secret=b"s" * 32)
-    url = storage.put(archive.getvalue(), "application/zip", "big.zip").url
+    key = storage.put(archive.getvalue(), "application/zip", "big.zip").key
     del archive, buffer
     settings = Settings()
     budget = RequestBudget.from_settings(settings)
-    request = PhotoMakerInput(prompt="a photo of a man img", image_archive_url=url)
+    request = StoredRequest(prompt="a photo of a man img", image_archive_url=FileRef.stored(key))
     status = Path("/proc/self/status")
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on is the load's
     before = int(status.read_text().split("VmRSS:")[1].split()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from helpers import stored_request
 from photomaker_server.jobs.factory import open_job_store
 from photomaker_server.jobs.sql.connect import database_url
 
@@ -14,7 +15,7 @@ def test_paths_and_sqlite_urls_open_sqlite(tmp_path):
         store = open_job_store(target)
         try:
             assert store.dialect == "sqlite"
-            assert store.get(store.submit("alice", "app", {}).id) is not None
+            assert store.get(store.submit("alice", "app", stored_request()).id) is not None
         finally:
             store.close()
     assert (tmp_path / "c" / "jobs.db").is_file()
@@ -42,8 +43,8 @@ def test_a_plain_postgresql_url_opens_postgresql(pg_server):
     store = open_job_store(plain, publish=topics.append)
     try:
         assert store.dialect == "postgresql"
-        job = store.submit("alice", "app", {"x": 1})
-        assert store.get(job.id).input == {"x": 1} and "work" in topics
+        job = store.submit("alice", "app", stored_request())
+        assert store.get(job.id).input == stored_request() and "work" in topics
     finally:
         store.close()
         pg_server.drop_database(url)

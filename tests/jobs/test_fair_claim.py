@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.keys import KeyLimits, owner_of
 
 APP = "fal-ai/photomaker"
 
 
 def _finish(store, job) -> None:  # noqa: ANN001
-    assert store.complete(job.id, job.lease_owner, {"images": []}, inference_time=0.1)
+    assert store.complete(job.id, job.lease_owner, stored_output(), inference_time=0.1)
 
 
 def test_a_late_key_runs_while_the_first_keys_backlog_waits(store) -> None:
-    a = [store.submit("A", APP, {"i": i}) for i in range(20)]
-    b = store.submit("B", APP, {})
+    a = [store.submit("A", APP, stored_request()) for i in range(20)]
+    b = store.submit("B", APP, stored_request())
     order = []
     while (job := store.claim("w", 30)) is not None:
         order.append(job.id)
@@ -28,10 +29,10 @@ def test_a_late_key_runs_while_the_first_keys_backlog_waits(store) -> None:
 
 
 def test_a_late_key_overtakes_while_the_first_key_is_running(store) -> None:
-    a = [store.submit("A", APP, {"i": i}) for i in range(20)]
+    a = [store.submit("A", APP, stored_request()) for i in range(20)]
     first = store.claim("w", 30)
     assert first.id == a[0].id
-    b = store.submit("B", APP, {})
+    b = store.submit("B", APP, stored_request())
     assert b.queue_position == 0  # next in line, and the submit says so
     _finish(store, first)
     assert store.claim("w", 30).id == b.id
@@ -42,7 +43,7 @@ def test_a_late_key_overtakes_while_the_first_key_is_running(store) -> None:
 def test_three_keys_interleave(store) -> None:
     for owner in ("A", "B", "C"):
         for i in range(4):
-            store.submit(owner, APP, {"i": i})
+            store.submit(owner, APP, stored_request())
     owners = []
     while (job := store.claim("w", 30)) is not None:
         owners.append(job.owner)
@@ -53,7 +54,7 @@ def test_three_keys_interleave(store) -> None:
 def test_two_workers_three_keys_completions_interleave(store) -> None:
     for owner in ("A", "B", "C"):
         for i in range(5):
-            store.submit(owner, APP, {"i": i})
+            store.submit(owner, APP, stored_request())
     held = {w: store.claim(w, 30) for w in ("w1", "w2")}
     completed = []
     while any(held.values()):
@@ -68,8 +69,8 @@ def test_two_workers_three_keys_completions_interleave(store) -> None:
 
 
 def test_priority_still_orders_within_a_key(store) -> None:
-    low = [store.submit("A", APP, {"l": i}, priority="low") for i in range(3)]
-    normal = [store.submit("A", APP, {"n": i}) for i in range(3)]
+    low = [store.submit("A", APP, stored_request(), priority="low") for i in range(3)]
+    normal = [store.submit("A", APP, stored_request()) for i in range(3)]
     order = []
     while (job := store.claim("w", 30)) is not None:
         order.append(job.id)
@@ -80,8 +81,8 @@ def test_priority_still_orders_within_a_key(store) -> None:
 def test_a_key_at_max_concurrent_is_passed_over(store) -> None:
     store.create_key("limited", "pm_secret_limited", KeyLimits(max_concurrent=1))
     limited = owner_of("pm_secret_limited")
-    mine = [store.submit(limited, APP, {"i": i}) for i in range(3)]
-    other = [store.submit("other", APP, {"i": i}) for i in range(3)]
+    mine = [store.submit(limited, APP, stored_request()) for i in range(3)]
+    other = [store.submit("other", APP, stored_request()) for i in range(3)]
     first, second, third = (store.claim(f"w{i}", 30) for i in range(3))
     assert first.id == mine[0].id
     assert [second.id, third.id] == [other[0].id, other[1].id]  # the limited key waits while others run
@@ -97,9 +98,9 @@ def test_racing_claims_never_exceed_max_concurrent(store, race) -> None:
     store.create_key("limited", "pm_secret_race", KeyLimits(max_concurrent=1))
     limited = owner_of("pm_secret_race")
     for i in range(6):
-        store.submit(limited, APP, {"i": i})
+        store.submit(limited, APP, stored_request())
     for i in range(6):
-        store.submit("other", APP, {"i": i})
+        store.submit("other", APP, stored_request())
     claimed = race(6, lambda s, i: s.claim(f"w{i}", 30))
     owners = [j.owner for j in claimed if j is not None]
     assert owners.count(limited) == 1, claimed
@@ -107,8 +108,8 @@ def test_racing_claims_never_exceed_max_concurrent(store, race) -> None:
 
 
 def test_requeued_job_keeps_its_turn(store, clock) -> None:
-    a = [store.submit("A", APP, {"i": i}) for i in range(3)]
-    b = [store.submit("B", APP, {"i": i}) for i in range(3)]
+    a = [store.submit("A", APP, stored_request()) for i in range(3)]
+    b = [store.submit("B", APP, stored_request()) for i in range(3)]
     job = store.claim("w", 5)
     assert job.id == a[0].id
     clock.advance(30)  # the worker died: its lease runs out, housekeeping requeues the job

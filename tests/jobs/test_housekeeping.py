@@ -6,6 +6,7 @@ import os
 import secrets
 import uuid
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.housekeeping import Housekeeper
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.settings import Settings
@@ -22,11 +23,12 @@ def test_cleanup_removes_old_results_and_their_files(tmp_path):
     keeper = Housekeeper(settings, store, storage)
 
     def finished_job(legacy: bool = False) -> tuple[str, str]:
-        job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"})
+        job = store.submit("owner", "fal-ai/photomaker", stored_request())
         store.claim("w", 30)
         stored = storage.put(b"png bytes", "image/png", "out.png")
-        image = {"url": stored.url} if legacy else {"key": stored.key}  # results stored before keys: by URL
-        store.complete(job.id, "w", {"images": [image], "seed": 1})
+        # results stored before keys existed name their files by URL (migration 0006 keeps that URL)
+        output = stored_output(urls=(stored.url,)) if legacy else stored_output(stored.key)
+        store.complete(job.id, "w", output)
         return job.id, stored.key
 
     old_job, old_file = finished_job()
@@ -55,11 +57,11 @@ def test_cleanup_on_s3_deletes_outputs_by_key(tmp_path, s3_env):
     store = SQLJobStore(settings.db_path, clock=lambda: now[0])
     storage = S3Storage(f"s3://photomaker-tests/hk-{uuid.uuid4().hex[:10]}", settings.base_url, secret=SECRET)
     keeper = Housekeeper(settings, store, storage)
-    job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"})
+    job = store.submit("owner", "fal-ai/photomaker", stored_request())
     store.claim("w", 30)
     stored = storage.put(b"png bytes", "image/png", "out.png")
     kept = storage.put(b"an upload", "image/png", "in.png")
-    store.complete(job.id, "w", {"images": [{"key": stored.key}], "seed": 1})
+    store.complete(job.id, "w", stored_output(stored.key, seed=1))
     now[0] += 2 * 3600
     assert keeper.cleanup() == 1
     assert store.get(job.id) is None and storage.read(stored.key) is None

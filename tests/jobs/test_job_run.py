@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.records import StoreUnavailable
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.worker.job_run import JobRun
@@ -43,7 +44,7 @@ def _messages(store: SQLJobStore, job_id: str) -> list[str]:
 def claimed(tmp_path):
     """A store and a job worker ``w`` holds."""
     store = SQLJobStore(tmp_path / "jobs.db")
-    job = store.submit("alice", APP, {})
+    job = store.submit("alice", APP, stored_request())
     store.claim("w", 30)
     yield store, job
     store.close()
@@ -74,7 +75,7 @@ def test_held_lines_wait_for_the_completing_transaction(claimed):
         assert "after inference" not in _messages(store, job.id)  # not written on its own
         pending = run.take_pending()
         assert pending == [("after inference", "INFO")]
-        assert store.complete(job.id, "w", {}, 1.0, last_log="Completed", logs=pending)
+        assert store.complete(job.id, "w", stored_output(), 1.0, last_log="Completed", logs=pending)
     assert _messages(store, job.id)[-3:] == ["Step 1/1", "after inference", "Completed"]
 
 
@@ -148,7 +149,7 @@ def test_the_job_s_own_end_is_not_taken_for_a_lost_lease(claimed, caplog):
     store, job = claimed
     with JobRun(store, job, "w", 30) as run:
         run.ending()
-        assert store.complete(job.id, "w", {}, last_log="Completed")
+        assert store.complete(job.id, "w", stored_output(), last_log="Completed")
         time.sleep(1.2)  # the watch reads the job (completed) at least once before the run closes
         assert not run.lease_lost.is_set()
     assert "no longer holds its lease" not in caplog.text

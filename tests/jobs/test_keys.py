@@ -13,6 +13,7 @@ from datetime import date
 
 import pytest
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.keys import (
     KeyExists,
     KeyLimits,
@@ -46,7 +47,7 @@ def test_create_list_revoke_set(store, clock) -> None:
     assert revoked.revoked_at == clock.t
     assert [k.name for k in store.list_keys()] == ["app1"]
     with pytest.raises(KeyRevoked):
-        store.submit(key.owner, APP, {})
+        store.submit(key.owner, APP, stored_request())
     assert store.counts()["queued"] == 0
 
 
@@ -65,52 +66,52 @@ def test_configured_keys_get_stable_names(store) -> None:
 def test_max_queued_counts_waiting_jobs_only(store) -> None:
     store.create_key("lim", "pm_lim", KeyLimits(max_queued=2))
     owner = owner_of("pm_lim")
-    store.submit(owner, APP, {})
-    store.submit(owner, APP, {})
+    store.submit(owner, APP, stored_request())
+    store.submit(owner, APP, stored_request())
     with pytest.raises(LimitExceeded) as refused:
-        store.submit(owner, APP, {})
+        store.submit(owner, APP, stored_request())
     assert refused.value.limit == "max_queued" and refused.value.retry_after_s >= 1
     assert "max_queued" in refused.value.detail
     assert store.claim("w", 30) is not None  # one starts: a slot in the queue frees
-    store.submit(owner, APP, {})
+    store.submit(owner, APP, stored_request())
     assert store.usage()[0].jobs_submitted == 3  # the refused one is not counted
 
 
 def test_requests_per_minute_and_retry_after(store, clock) -> None:
     store.create_key("rpm", "pm_rpm", KeyLimits(requests_per_minute=2))
     owner = owner_of("pm_rpm")
-    store.submit(owner, APP, {})
+    store.submit(owner, APP, stored_request())
     clock.advance(20)
-    store.submit(owner, APP, {})
+    store.submit(owner, APP, stored_request())
     clock.advance(10)
     with pytest.raises(LimitExceeded) as refused:
-        store.submit(owner, APP, {})
+        store.submit(owner, APP, stored_request())
     assert refused.value.limit == "requests_per_minute"
     assert refused.value.retry_after_s == 31  # the first leaves the window 30 s from now
     clock.advance(31)
-    store.submit(owner, APP, {})
+    store.submit(owner, APP, stored_request())
 
 
 def test_queue_cap(store) -> None:
-    store.submit("a", APP, {}, max_queued_total=2)
-    store.submit("b", APP, {}, max_queued_total=2)
+    store.submit("a", APP, stored_request(), max_queued_total=2)
+    store.submit("b", APP, stored_request(), max_queued_total=2)
     with pytest.raises(QueueFull):
-        store.submit("c", APP, {}, max_queued_total=2)
-    store.submit("c", APP, {})  # no cap given: none applies
+        store.submit("c", APP, stored_request(), max_queued_total=2)
+    store.submit("c", APP, stored_request())  # no cap given: none applies
 
 
 def test_usage_counts_each_job_once(store, clock) -> None:
     store.create_key("u", "pm_usage", KeyLimits())
     owner = owner_of("pm_usage")
-    ok, failed, cancelled, retried = (store.submit(owner, APP, {}) for _ in range(4))
+    ok, failed, cancelled, retried = (store.submit(owner, APP, stored_request()) for _ in range(4))
     job = store.claim("w", 5)
     assert job.id == ok.id
     clock.advance(30)  # the worker died: retried, and counted once when it completes
     # (30 s: no lease is judged before the store has reached its database for a lease period, as a fresh one has not)
     job = store.claim("w2", 30)
     assert job.id == ok.id
-    assert store.complete(job.id, "w2", {"images": [{"key": "a"}, {"key": "b"}]}, inference_time=1.5)
-    assert not store.complete(job.id, "w2", {"images": [{"key": "a"}]})  # a second finish changes nothing
+    assert store.complete(job.id, "w2", stored_output("a", "b"), inference_time=1.5)
+    assert not store.complete(job.id, "w2", stored_output("a"))  # a second finish changes nothing
     job = store.claim("w2", 30)
     assert store.fail(job.id, "w2", "boom", "runner_server_error")
     store.request_cancel(cancelled.id, owner)
@@ -126,7 +127,7 @@ def test_usage_counts_each_job_once(store, clock) -> None:
 def test_concurrent_submits_never_overshoot(store, race) -> None:
     store.create_key("lim", "pm_race", KeyLimits(max_queued=3))
     owner = owner_of("pm_race")
-    results = race(8, lambda s, i: s.submit(owner, APP, {}))
+    results = race(8, lambda s, i: s.submit(owner, APP, stored_request()))
     refused = [r for r in results if isinstance(r, LimitExceeded)]
     assert len(refused) == 5 and len(results) - len(refused) == 3, results
     assert store.counts()["queued"] == 3
@@ -139,7 +140,9 @@ def test_usage_and_limits_survive_kill_9(store, db_path) -> None:
     store.create_key("busy", "pm_busy", KeyLimits(max_queued=10_000, max_concurrent=3))
     owner = owner_of("pm_busy")
     script = ("import sys\nfrom photomaker_server.jobs.sql import SQLJobStore\n"
-              "s = SQLJobStore(sys.argv[1])\nwhile True:\n    s.submit(sys.argv[2], 'fal-ai/photomaker', {})\n")
+              "from photomaker_server.contract.stored import StoredRequest\n"
+              f"request = StoredRequest.model_validate_json({stored_request().to_json()!r})\n"
+              "s = SQLJobStore(sys.argv[1])\nwhile True:\n    s.submit(sys.argv[2], 'fal-ai/photomaker', request)\n")
     child = subprocess.Popen([sys.executable, "-c", script, str(db_path), owner], env=os.environ.copy())
     try:
         deadline = time.time() + 60

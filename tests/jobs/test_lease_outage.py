@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.records import JobStatus, LeaseLost, WorkerInfo
 from photomaker_server.jobs.sql import SQLJobStore
 
@@ -28,7 +29,7 @@ def outage(store, clock, seconds: float) -> None:
 
 def test_a_lease_that_ran_out_during_an_outage_is_kept_until_its_worker_could_renew(store, clock, caplog):
     clock.advance(LEASE)  # the store has been reachable for a lease period: leases are judged
-    job = store.submit("alice", APP, {})
+    job = store.submit("alice", APP, stored_request())
     assert store.claim("w-live", LEASE).id == job.id
     clock.advance(10)  # the last renewal
     assert store.renew_lease(job.id, "w-live", LEASE).held
@@ -48,7 +49,7 @@ def test_a_lease_that_ran_out_during_an_outage_is_kept_until_its_worker_could_re
         clock.advance(LEASE / 3)
         assert store.requeue_expired_leases(grace_s=LEASE) == []
         assert store.renew_lease(job.id, "w-live", LEASE).held
-    assert store.complete(job.id, "w-live", {"images": []})
+    assert store.complete(job.id, "w-live", stored_output())
     final = store.get(job.id)
     assert final.status == JobStatus.COMPLETED and final.attempts == 1
     assert store.ops_counts() == {}
@@ -56,7 +57,7 @@ def test_a_lease_that_ran_out_during_an_outage_is_kept_until_its_worker_could_re
 
 def test_a_worker_that_died_during_the_outage_loses_its_job_a_lease_period_after_it(store, clock):
     clock.advance(LEASE)
-    job = store.submit("alice", APP, {}, max_attempts=3)
+    job = store.submit("alice", APP, stored_request(), max_attempts=3)
     store.claim("w-dead", LEASE)
     clock.advance(5)
     outage(store, clock, 40)
@@ -70,7 +71,7 @@ def test_a_worker_that_died_during_the_outage_loses_its_job_a_lease_period_after
     assert store.logs(job.id)[-1].message == "Worker lost; retrying (attempt 2 of 3)"
     assert store.ops_counts() == {"lease_expiries": 1, "jobs_rerun": 1}
     # The dead worker's late writes are refused (fencing): no result, no log lines in the next run's log.
-    assert store.complete(job.id, "w-dead", {"images": []}) is False
+    assert store.complete(job.id, "w-dead", stored_output()) is False
     with pytest.raises(LeaseLost):
         store.append_logs(job.id, [("Step 9/10", "INFO")], held_by="w-dead")
     assert store.claim("w-new", LEASE).attempts == 2
@@ -79,7 +80,7 @@ def test_a_worker_that_died_during_the_outage_loses_its_job_a_lease_period_after
 
 def test_a_freshly_started_reclaimer_waits_a_lease_period_before_judging(db_path, clock):
     with SQLJobStore(db_path, clock=clock) as first:
-        job = first.submit("alice", APP, {})
+        job = first.submit("alice", APP, stored_request())
         first.claim("w", LEASE)
     clock.advance(2 * LEASE)  # long expired; but a reclaimer that has just started cannot tell who renews
     with SQLJobStore(db_path, clock=clock) as reclaimer:
@@ -130,7 +131,7 @@ def test_lease_times_are_on_the_database_clock_whatever_a_host_s_own_clock_says(
     try:
         with SQLJobStore(url, local_clock=lambda: time.time() - 40) as skewed, SQLJobStore(url) as reclaimer:
             assert abs(skewed.now() - time.time()) < 1  # read as the database server's clock
-            job = reclaimer.submit("alice", APP, {})
+            job = reclaimer.submit("alice", APP, stored_request())
             claimed = skewed.claim("w-behind", LEASE)
             assert abs(claimed.lease_expires_at - (time.time() + LEASE)) < 1
             assert reclaimer.requeue_expired_leases() == []  # 30 s left, not -10

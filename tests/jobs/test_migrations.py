@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from helpers import stored_request
+from photomaker_server.contract.files import FileRef
 from photomaker_server.jobs.factory import open_job_store
 from photomaker_server.jobs.records import JobStatus, SchemaTooNew
 from photomaker_server.jobs.sql import SQLJobStore
@@ -77,11 +79,17 @@ def test_a_database_of_the_sqlite_only_release_is_stamped_and_upgraded(db_path):
     with SQLJobStore(db_path) as store:
         assert current_revision(db_path) == head_revision()
         done = store.get(LEGACY_DONE)
-        assert done.status == JobStatus.COMPLETED and done.result == {"images": [], "seed": 1}
+        assert done.status == JobStatus.COMPLETED and done.result.seed == 1
+        # the release's shapes, typed by migration 0006: an image by URL, request files as references
+        assert done.result.images[0].file == FileRef.outside("http://127.0.0.1:8000/files/tok/e3e4453e-0.png")
+        assert done.input.image_archive_url == FileRef.outside("https://example.com/a.zip")
+        queued = store.get(LEGACY_QUEUED)
+        assert queued.input.image_archive_url.is_data_uri
+        assert queued.input.image_urls == [FileRef.outside("https://example.com/b.png")]
         (delivery,) = store.webhook_deliveries(LEGACY_DONE)  # the outbox row survived the rebuilt table
         assert delivery.url == "https://example.com/hook" and not delivery.given_up
         assert [line.message for line in store.logs(LEGACY_QUEUED)] == ["Request queued"]
-        newer = store.submit("carol", "fal-ai/photomaker", {}, priority="high")
+        newer = store.submit("carol", "fal-ai/photomaker", stored_request(), priority="high")
         assert store.queue_position(store.get(newer.id)) == 1  # behind the older high-priority job
         assert store.claim("w", 30).id == LEGACY_QUEUED
 
@@ -92,12 +100,14 @@ def test_an_older_revision_is_upgraded_with_its_data(db_path):
     with engine.begin() as conn:  # a job written at revision 0001, with a high seq
         conn.execute(sa.text(
             "INSERT INTO jobs (id, seq, owner, app, input, status, priority, created_at, attempts, max_attempts,"
-            " cancel_requested) VALUES ('old-job', 41, 'alice', 'app', '{}', 'queued', 1, 1.0, 0, 3, false)"
+            " cancel_requested) VALUES ('old-job', 41, 'alice', 'app',"
+            " '{\"prompt\": \"a man img\", \"image_archive_url\": \"https://example.com/a.zip\"}',"
+            " 'queued', 1, 1.0, 0, 3, false)"
         ))
     engine.dispose()
     with SQLJobStore(db_path, clock=lambda: 1.0) as store:
         assert current_revision(db_path) == head_revision()
-        new = store.submit("alice", "app", {})
+        new = store.submit("alice", "app", stored_request())
         assert store.queue_position(store.get(new.id)) == 1  # same created_at: seq (42) orders it after
         assert [store.claim("w", 30).id for _ in range(2)] == ["old-job", new.id]
 
@@ -120,7 +130,7 @@ def _open_in_process(db: str, start, queue) -> None:  # noqa: ANN001
     start.wait()
     try:
         with SQLJobStore(db) as store:
-            store.submit("alice", "app", {})
+            store.submit("alice", "app", stored_request())
         queue.put("ok")
     except Exception as exc:  # reported to the parent, which asserts on it
         queue.put(f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.protocol import JobStore
 from photomaker_server.jobs.records import RELEASED_MESSAGE as RELEASED, JobStatus
 
@@ -9,7 +10,7 @@ APP = "fal-ai/photomaker"
 
 
 def _submit(store: JobStore, **kwargs):
-    return store.submit("alice", APP, {"prompt": "a photo of a person img"}, **kwargs)
+    return store.submit("alice", APP, stored_request(), **kwargs)
 
 
 def test_release_requeues_at_once_without_counting_the_attempt(store, clock):
@@ -30,7 +31,7 @@ def test_release_requeues_at_once_without_counting_the_attempt(store, clock):
         assert store.release(job.id, "w2")
     again = store.claim("w3", lease_seconds=30)
     assert again.id == job.id and again.attempts == 1 and again.lease_owner == "w3"
-    assert store.complete(job.id, "w3", {"images": []})
+    assert store.complete(job.id, "w3", stored_output())
     assert store.get(job.id).succeeded
 
 
@@ -55,7 +56,7 @@ def test_release_refuses_a_worker_that_no_longer_holds_the_lease(store, clock):
     assert store.release(job.id, "w1") is False
     assert store.get(job.id).lease_owner == "w2"
 
-    assert store.complete(job.id, "w2", {"images": []})
+    assert store.complete(job.id, "w2", stored_output())
     assert store.release(job.id, "w2") is False  # finished jobs stay finished
     assert store.get(job.id).status == JobStatus.COMPLETED
     assert RELEASED not in [line.message for line in store.logs(job.id)]

@@ -1,11 +1,14 @@
-"""Results keep storage keys; URLs are rendered when a result is handed out (result endpoint, webhooks)."""
+"""Results keep storage keys; URLs are rendered when a result is handed out (result endpoint, /run, webhooks), by the
+one renderer (``contract.result.render_output``)."""
 
 from __future__ import annotations
 
-import copy
 import json
 
-from photomaker_server.jobs.results import render_result, result_keys
+from helpers import stored_output, stored_request
+from photomaker_server.contract.files import FileRef
+from photomaker_server.contract.result import PhotoMakerOutput, StoredOutput, render_output
+from photomaker_server.jobs.results import result_keys
 from photomaker_server.webhooks import WebhookDispatcher, WebhookSigner, job_webhook_body, verify
 
 KEY = "A" * 32 + "/req-0.png"
@@ -17,39 +20,27 @@ def url_for(key: str) -> str:
     return f"https://cdn.example/{key}"
 
 
-def stored_result() -> dict:
-    return {
-        "images": [
-            {"key": KEY, "content_type": "image/png", "file_name": "req-0.png", "file_size": 3, "width": 8, "height": 8},
-            {"url": DATA_URI, "content_type": "image/png", "file_name": "req-s.png", "file_size": 3, "width": 8,
-             "height": 8},
-            {"url": OLD_URL, "content_type": "image/png", "file_name": "req-1.png", "file_size": 3, "width": 8,
-             "height": 8},
-        ],
-        "seed": 7,
-        "prompt": "a man img",
-    }
+def stored_result() -> StoredOutput:
+    return stored_output(KEY, urls=(DATA_URI, OLD_URL), seed=7, prompt="a man img")
 
 
-def test_render_result_turns_keys_into_urls_and_leaves_the_rest():
+def test_render_output_turns_keys_into_urls_and_leaves_the_rest():
     result = stored_result()
-    before = copy.deepcopy(result)
-    shown = render_result(result, url_for)
+    before = result.model_copy(deep=True)
+    shown = render_output(result, url_for)
+    assert isinstance(shown, PhotoMakerOutput)
     assert result == before, "the stored result is not modified"
-    first = shown["images"][0]
-    assert first["url"] == f"https://cdn.example/{KEY}" and "key" not in first
-    assert {k: v for k, v in first.items() if k != "url"} == {k: v for k, v in before["images"][0].items() if k != "key"}
-    assert shown["images"][1] == before["images"][1], "sync_mode data URIs stay"
-    assert shown["images"][2] == before["images"][2], "results stored before keys existed are answered as they are"
-    assert shown["seed"] == 7 and shown["prompt"] == "a man img"
+    first = shown.images[0]
+    assert first.url == f"https://cdn.example/{KEY}"
+    assert first.model_dump(exclude={"url"}) == before.images[0].model_dump(exclude={"file"})
+    assert shown.images[1].url == DATA_URI, "sync_mode data URIs stay"
+    assert shown.images[2].url == OLD_URL, "results stored before keys existed are answered as they are"
+    assert shown.seed == 7 and shown.prompt == "a man img"
+    assert "key" not in shown.model_dump()["images"][0] and "file" not in shown.model_dump()["images"][0]
 
 
-def test_render_result_edge_cases():
-    assert render_result(None, url_for) is None
-    assert render_result({"images": []}, url_for) == {"images": []}
-    assert render_result(stored_result(), None) == stored_result()
-    odd = {"images": ["not a dict", {"key": 5}]}
-    assert render_result(odd, url_for) == odd
+def test_render_output_of_no_images():
+    assert render_output(stored_output(), url_for).images == []
 
 
 def test_result_keys_by_key_and_by_old_url():
@@ -58,26 +49,34 @@ def test_result_keys_by_key_and_by_old_url():
 
     assert result_keys(stored_result(), key_from_url) == [KEY, "B" * 32 + "/req-1.png"]
     assert result_keys(None, key_from_url) == []
-    assert result_keys({"images": [{"url": "https://elsewhere.example/x.png"}]}, key_from_url) == []
+    assert result_keys(stored_output(urls=("https://elsewhere.example/x.png",)), key_from_url) == []
+
+
+def test_the_stored_json_form():
+    raw = json.loads(stored_result().to_json())
+    assert [image["file"] for image in raw["images"]] == [{"key": KEY}, {"url": DATA_URI}, {"url": OLD_URL}]
+    assert StoredOutput.model_validate_json(stored_result().to_json()) == stored_result()
+    assert FileRef.model_validate_json('{"key": "t/a.png"}') == FileRef.stored("t/a.png")
 
 
 class _Job:
-    def __init__(self, result: dict) -> None:
+    def __init__(self, result: StoredOutput) -> None:
         self.id, self.result, self.error, self.error_type = "req-1", result, None, None
 
 
 def test_webhook_bodies_render_urls():
     rendered = json.loads(job_webhook_body(_Job(stored_result()), url_for))
     assert rendered["payload"]["images"][0]["url"] == f"https://cdn.example/{KEY}"
-    unrendered = json.loads(job_webhook_body(_Job(stored_result())))  # no renderer: the keys stay
-    assert unrendered["payload"]["images"][0]["key"] == KEY
+    assert rendered["payload"] == render_output(stored_result(), url_for).model_dump(mode="json", exclude_none=True)
+    relative = json.loads(job_webhook_body(_Job(stored_result())))  # no renderer: the API's relative path
+    assert relative["payload"]["images"][0]["url"] == f"/files/{KEY}"
 
 
 def test_the_dispatcher_renders_then_signs(store):
     signer = WebhookSigner.generate()
-    job = store.submit("owner", "fal-ai/photomaker", {"prompt": "a man img"}, webhook_url="https://hook.example/x")
+    job = store.submit("owner", "fal-ai/photomaker", stored_request(), webhook_url="https://hook.example/x")
     store.claim("w", 30)
-    store.complete(job.id, "w", {"images": [{"key": KEY, "file_name": "req-0.png"}], "seed": 1})
+    store.complete(job.id, "w", stored_output(KEY, seed=1))
     sent: list[tuple[bytes, dict]] = []
 
     def post(url, body, headers, timeout):  # noqa: ANN001, ANN202
@@ -86,5 +85,18 @@ def test_the_dispatcher_renders_then_signs(store):
 
     WebhookDispatcher(store, signer, http_post=post, render_body=lambda j: job_webhook_body(j, url_for)).run_once()
     (body, headers), = sent
-    assert json.loads(body)["payload"]["images"][0] == {"url": f"https://cdn.example/{KEY}", "file_name": "req-0.png"}
+    image = json.loads(body)["payload"]["images"][0]
+    assert image["url"] == f"https://cdn.example/{KEY}" and image["file_name"] == "out-0.png"
     assert verify(signer.jwks(), headers, body, now=int(headers["X-Fal-Webhook-Timestamp"]))
+
+
+def test_a_failed_request_posts_the_result_endpoints_error_body():
+    job = _Job(None)  # type: ignore[arg-type]
+    job.error, job.error_type = "no face in any photo", "no_face_detected"
+    body = json.loads(job_webhook_body(job, url_for))
+    assert body["status"] == "ERROR"
+    assert body["payload"] == {"detail": [{"loc": ["body", "image_archive_url"], "msg": "no face in any photo",
+                                           "type": "no_face_detected"}], "error_type": "no_face_detected"}
+    job.error, job.error_type = "out of memory", "something unheard of"  # a row written by something else
+    assert json.loads(job_webhook_body(job, url_for))["payload"] == {"detail": "out of memory",
+                                                                     "error_type": "internal_error"}

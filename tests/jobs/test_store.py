@@ -17,6 +17,7 @@ import pytest
 
 import sqlalchemy as sa
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.protocol import JobStore
 from photomaker_server.jobs.records import (
     CANCELLED_ERROR,
@@ -26,6 +27,7 @@ from photomaker_server.jobs.records import (
     LeaseState,
     parse_priority,
 )
+from photomaker_server.contract.files import FileRef
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.jobs.sql.schema import jobs as jobs_table
 from photomaker_server.webhooks import job_webhook_body
@@ -34,7 +36,7 @@ APP = "fal-ai/photomaker"
 
 
 def submit(store: SQLJobStore, owner: str = "alice", **kwargs):
-    return store.submit(owner, APP, {"prompt": "a photo of a person img"}, **kwargs)
+    return store.submit(owner, APP, stored_request(), **kwargs)
 
 
 def body_of(store: SQLJobStore, delivery) -> bytes:
@@ -49,7 +51,7 @@ def test_submit_creates_a_queued_job_with_a_queued_log_line(store, clock):
     job = submit(store, priority="high", webhook_url="https://example.com/hook", max_attempts=5)
     assert job.status == JobStatus.QUEUED and not job.is_finished
     assert job.owner == "alice" and job.app == APP
-    assert job.input == {"prompt": "a photo of a person img"}
+    assert job.input == stored_request()
     assert job.priority == 2 and job.priority_name == "high"
     assert job.created_at == clock.t
     assert (job.attempts, job.max_attempts) == (0, 5)
@@ -91,17 +93,31 @@ def test_get_is_owner_scoped(store):
 
 
 def test_get_can_skip_the_input(store):
-    job = store.submit("alice", APP, {"image": "data:image/png;base64," + "A" * 100_000})
+    job = store.submit("alice", APP, stored_request())
     light = store.get(job.id, with_input=False)
     assert light.input is None
     assert light == dataclasses.replace(store.get(job.id), input=None)
     assert store.get(job.id, owner="bob", with_input=False) is None
 
 
-def test_unicode_and_nested_input_round_trips(store):
-    payload = {"prompt": "ein Foto von img 🙂", "nested": {"a": [1, 2.5, None, True]}}
+def test_the_typed_request_round_trips(store):
+    payload = stored_request(prompt="ein Foto von img 🙂", archive="https://example.com/ü.zip", seed=2**63 - 1,
+                             image_size={"width": 512, "height": 768}, image_urls=[FileRef.stored("t/a.png")],
+                             initial_image_url=FileRef.outside("data:image/png;base64,AAAA"), sync_mode=True)
     job = store.submit("alice", APP, payload)
     assert store.get(job.id).input == payload
+    raw = json.loads(store.get(job.id).input.to_json())
+    assert raw["image_urls"] == [{"key": "t/a.png"}] and raw["image_archive_url"] == {"url": "https://example.com/ü.zip"}
+
+
+def test_a_claimed_job_whose_stored_request_cannot_be_read_fails_and_the_next_runs(store):
+    broken, fine = submit(store), submit(store)
+    with store._write() as conn:  # a row damaged by hand: not a StoredRequest
+        conn.execute(jobs_table.update().where(jobs_table.c.id == broken.id).values(input='{"prompt": 5}'))
+    claimed = store.claim("w", 30)
+    assert claimed is not None and claimed.id == fine.id and claimed.input == stored_request()
+    failed = store.get(broken.id, with_input=False)
+    assert failed.status == JobStatus.COMPLETED and failed.error_type == "internal_error"
 
 
 # --- queue order ------------------------------------------------------------------------------------------------
@@ -137,7 +153,7 @@ def test_queue_position_of_non_queued_jobs_is_zero(store):
     job = submit(store)
     running = store.claim("w", 30)
     assert store.queue_position(running) == 0
-    store.complete(job.id, "w", {"ok": True}, 1.0)
+    store.complete(job.id, "w", stored_output(), 1.0)
     assert store.queue_position(store.get(job.id)) == 0
 
 
@@ -210,7 +226,7 @@ def test_renew_lease(store, clock):
     assert store.get(job.id).lease_expires_at == clock.t + 30
     assert store.renew_lease(job.id, "intruder", 30).held is False
     assert store.renew_lease("no-such-id", "w1", 30) == LeaseState(held=False, cancel_requested=False)
-    store.complete(job.id, "w1", {}, 1.0)
+    store.complete(job.id, "w1", stored_output(), 1.0)
     assert store.renew_lease(job.id, "w1", 30).held is False
 
 
@@ -227,7 +243,7 @@ def test_expired_lease_requeues_then_gives_up(store, clock):
     assert store.queue_position(back) == 0
 
     # The lost worker wakes up: it no longer holds the lease and cannot finish the job.
-    assert store.complete(job.id, "w1", {"late": True}, 1.0) is False
+    assert store.complete(job.id, "w1", stored_output(), 1.0) is False
     assert store.fail(job.id, "w1", "boom", "runner_server_error") is False
 
     again = store.claim("w2", 10)
@@ -258,7 +274,7 @@ def test_has_work_sees_queued_jobs_and_expired_leases_only(store, clock):
     clock.advance(11)
     assert store.has_work(), "an expired lease is work: claim() requeues it"
     assert store.claim("w2", 10).id == job.id
-    store.complete(job.id, "w2", {"images": []})
+    store.complete(job.id, "w2", stored_output())
     assert not store.has_work()
 
 
@@ -281,12 +297,12 @@ def test_complete_and_fail_require_the_lease(store, clock):
     store.claim("w", 30)
     store.claim("w", 30)
     clock.advance(3)
-    assert store.complete(ok.id, "other", {"images": []}, 1.0) is False
-    assert store.complete(ok.id, "w", {"images": [], "seed": 7}, 2.5) is True
-    assert store.complete(ok.id, "w", {"images": []}, 1.0) is False  # only once
+    assert store.complete(ok.id, "other", stored_output(), 1.0) is False
+    assert store.complete(ok.id, "w", stored_output(seed=7), 2.5) is True
+    assert store.complete(ok.id, "w", stored_output(), 1.0) is False  # only once
     done = store.get(ok.id)
     assert done.status == JobStatus.COMPLETED and done.succeeded
-    assert done.result == {"images": [], "seed": 7}
+    assert done.result == stored_output(seed=7)
     assert done.inference_time == 2.5 and done.finished_at == clock.t
     assert done.lease_owner is None and done.lease_expires_at is None
 
@@ -300,9 +316,9 @@ def test_complete_and_fail_require_the_lease(store, clock):
 def test_complete_writes_its_last_log_line_only_when_it_completes(store, clock):
     job = submit(store)
     store.claim("w", 30)
-    assert store.complete(job.id, "other", {"images": []}, 1.0, last_log="Completed") is False
+    assert store.complete(job.id, "other", stored_output(), 1.0, last_log="Completed") is False
     assert [line.message for line in store.logs(job.id)][-1] != "Completed"
-    assert store.complete(job.id, "w", {"images": []}, 1.0, last_log="Completed") is True
+    assert store.complete(job.id, "w", stored_output(), 1.0, last_log="Completed") is True
     last = store.logs(job.id)[-1]
     assert (last.message, last.level, last.ts) == ("Completed", "INFO", store.get(job.id).finished_at)
 
@@ -312,8 +328,8 @@ def test_completion_enqueues_a_webhook_only_when_asked(store, clock):
     without = submit(store)
     store.claim("w", 30)
     store.claim("w", 30)
-    store.complete(with_hook.id, "w", {"images": [{"url": "u"}]}, 1.0)
-    store.complete(without.id, "w", {"images": []}, 1.0)
+    store.complete(with_hook.id, "w", stored_output("t/u.png"), 1.0)
+    store.complete(without.id, "w", stored_output(), 1.0)
     assert store.webhook_deliveries(without.id) == []
     (delivery,) = store.webhook_deliveries(with_hook.id)
     assert delivery.url == "https://example.com/hook" and delivery.owner == "alice"
@@ -323,7 +339,9 @@ def test_completion_enqueues_a_webhook_only_when_asked(store, clock):
         "request_id": with_hook.id,
         "gateway_request_id": with_hook.id,
         "status": "OK",
-        "payload": {"images": [{"url": "u"}]},
+        "payload": {"images": [{"url": "/files/t/u.png", "content_type": "image/png", "file_name": "out-0.png",
+                                "file_size": 3, "width": 8, "height": 8}],
+                    "seed": 1, "prompt": "a photo of a person img", "timings": {}, "demo_model": False},
         "error": None,
     }
 
@@ -345,7 +363,7 @@ def test_cancel_in_every_state(store):
     done = submit(store)
     assert store.claim("w", 30).id == running.id
     assert store.claim("w", 30).id == done.id
-    store.complete(done.id, "w", {}, 1.0)
+    store.complete(done.id, "w", stored_output(), 1.0)
     queued = submit(store, webhook_url="https://example.com/h")
 
     assert store.request_cancel("no-such-id", "alice") == CancelOutcome.NOT_FOUND
@@ -413,18 +431,18 @@ def test_logs_are_per_job_and_bounded(store):
 def test_cleanup_removes_old_completed_jobs_with_their_rows(store, clock):
     old = submit(store, webhook_url="https://example.com/h")
     store.claim("w", 30)
-    store.complete(old.id, "w", {"images": [{"url": "x"}]}, 1.0)
+    store.complete(old.id, "w", stored_output("t/x.png"), 1.0)
     clock.advance(100)
     recent = submit(store)
     store.claim("w", 30)
-    store.complete(recent.id, "w", {}, 1.0)
+    store.complete(recent.id, "w", stored_output(), 1.0)
     still_queued = submit(store)
     clock.advance(100)  # old finished 200 s ago, recent 100 s ago
 
     removed = store.cleanup(older_than_seconds=150)
     assert [j.id for j in removed] == [old.id]
     assert removed[0].input is None  # not loaded: the caller only needs the outputs
-    assert removed[0].result == {"images": [{"url": "x"}]}  # the caller deletes these files
+    assert removed[0].result == stored_output("t/x.png")  # the caller deletes these files
     assert store.get(old.id) is None
     assert store.logs(old.id) == [] and store.webhook_deliveries(old.id) == []
     assert store.get(recent.id) is not None and store.get(still_queued.id) is not None
@@ -440,7 +458,7 @@ def test_counts_and_outcomes(store):
     jobs = [submit(store) for _ in range(5)]
     for _ in range(3):
         store.claim("w", 30)
-    store.complete(jobs[0].id, "w", {}, 1.0)
+    store.complete(jobs[0].id, "w", stored_output(), 1.0)
     store.fail(jobs[1].id, "w", "boom", "runner_server_error")
     store.request_cancel(jobs[4].id, "alice")
     assert store.counts() == {"queued": 1, "running": 1, "completed": 3}
@@ -453,7 +471,7 @@ def test_counts_and_outcomes(store):
 def _finished_with_hook(store, url="https://example.com/h"):
     job = submit(store, webhook_url=url)
     store.claim("w", 30)
-    store.complete(job.id, "w", {"n": 1}, 1.0)
+    store.complete(job.id, "w", stored_output(), 1.0)
     return job
 
 
@@ -505,7 +523,7 @@ def test_everything_survives_close_and_reopen(db_path, clock):
     queued = submit(store, priority="high", start_deadline=clock.t + 999, webhook_url="https://e.com/h")
     running = submit(store)
     assert store.claim("w", 30).id == queued.id
-    store.complete(queued.id, "w", {"images": [1]}, 3.0)
+    store.complete(queued.id, "w", stored_output("t/1.png"), 3.0)
     assert store.claim("w", 30).id == running.id
     store.append_log(running.id, "step 2/4")
     waiting = submit(store, priority="low")
@@ -514,14 +532,14 @@ def test_everything_survives_close_and_reopen(db_path, clock):
     reopened = SQLJobStore(str(db_path), clock=clock)
     try:
         done = reopened.get(queued.id)
-        assert done.status == JobStatus.COMPLETED and done.result == {"images": [1]}
+        assert done.status == JobStatus.COMPLETED and done.result == stored_output("t/1.png")
         assert done.start_deadline == clock.t + 999 and done.inference_time == 3.0
         assert reopened.get(running.id).lease_owner == "w"
         assert reopened.logs(running.id)[-1].message == "step 2/4"
         assert reopened.queue_position(reopened.get(waiting.id)) == 0
         assert len(reopened.webhook_deliveries(queued.id)) == 1
         assert reopened.renew_lease(running.id, "w", 30).held
-        assert reopened.complete(running.id, "w", {}, 1.0)
+        assert reopened.complete(running.id, "w", stored_output(), 1.0)
     finally:
         reopened.close()
 

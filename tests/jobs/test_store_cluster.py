@@ -9,6 +9,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.factory import open_job_store
 from photomaker_server.jobs.records import (
     CANCELLED_ERROR,
@@ -118,7 +119,7 @@ def test_racing_processes_agree_on_one_secret(db_path):
 
 
 def test_release_requeues_without_counting_the_attempt(store, clock):
-    job = store.submit("alice", APP, {"p": 1}, start_deadline=clock.t + 5, max_attempts=1)
+    job = store.submit("alice", APP, stored_request(), start_deadline=clock.t + 5, max_attempts=1)
     assert store.claim("w1", 30).attempts == 1
     assert store.release(job.id, "intruder") is False
     clock.advance(10)  # past the start deadline: it did start, so the deadline no longer applies
@@ -131,11 +132,11 @@ def test_release_requeues_without_counting_the_attempt(store, clock):
     assert store.expire_deadlines() == []
     again = store.claim("w2", 30)
     assert again.id == job.id and again.attempts == 1  # max_attempts=1 and it still runs
-    assert store.complete(job.id, "w2", {"ok": True})
+    assert store.complete(job.id, "w2", stored_output())
 
 
 def test_release_of_a_cancelled_job_completes_it_as_cancelled(store):
-    job = store.submit("alice", APP, {})
+    job = store.submit("alice", APP, stored_request())
     store.claim("w1", 30)
     store.request_cancel(job.id, "alice")
     assert store.release(job.id, "w1") is True
@@ -151,7 +152,7 @@ def test_publish_topics_after_each_change(db_path, clock):
     topics: list[str] = []
     store = open_job_store(db_path, clock=clock, publish=topics.append)
     try:
-        job = store.submit("alice", APP, {})
+        job = store.submit("alice", APP, stored_request())
         assert topics == ["work"]  # nobody can follow the job before its id is returned
         topics.clear()
         store.get(job.id), store.logs(job.id), store.has_work(), store.counts()
@@ -175,7 +176,7 @@ def test_publish_topics_after_each_change(db_path, clock):
         assert topics == [f"job:{job.id}"]
 
         topics.clear()
-        second = store.submit("alice", APP, {})
+        second = store.submit("alice", APP, stored_request())
         store.claim("w1", 10)
         topics.clear()
         store.release(second.id, "w1")
@@ -189,12 +190,12 @@ def test_publish_topics_after_each_change(db_path, clock):
         topics.clear()
         store.claim("w1", 10)
         topics.clear()
-        store.complete(second.id, "w1", {})
+        store.complete(second.id, "w1", stored_output())
         assert topics == [f"job:{second.id}"]
-        third = store.submit("alice", APP, {})
+        third = store.submit("alice", APP, stored_request())
         store.claim("w1", 10)
         topics.clear()
-        store.complete(third.id, "w1", {}, last_log="Completed", logs=[("Saving", "INFO")])
+        store.complete(third.id, "w1", stored_output(), last_log="Completed", logs=[("Saving", "INFO")])
         assert topics == [f"job:{third.id}"]
     finally:
         store.close()
@@ -213,7 +214,7 @@ def test_publish_happens_after_commit_and_its_errors_are_swallowed(db_path):
     holder["other"] = SQLJobStore(db_path)
     store = SQLJobStore(db_path, publish=publish)
     try:
-        job = store.submit("alice", APP, {})  # does not raise
+        job = store.submit("alice", APP, stored_request())  # does not raise
         assert seen == ["1"]
         assert store.get(job.id) is not None
     finally:
@@ -251,7 +252,7 @@ def test_postgresql_store_notifies_inside_its_transactions(db_path):
     store = SQLJobStore(db_path, notify_channel=wakeups.channel)
     try:
         work = wakeups.subscribe("work")
-        job = store.submit("alice", APP, {})
+        job = store.submit("alice", APP, stored_request())
         assert work.wait(10)
         status, logs = wakeups.subscribe(f"job:{job.id}"), wakeups.subscribe(f"logs:{job.id}")
         store.append_log(job.id, "hello")
@@ -264,7 +265,7 @@ def test_postgresql_store_notifies_inside_its_transactions(db_path):
                 conn.execute(sa.text("SELECT 1"))
                 raise RuntimeError("rolled back")
         assert status.wait(0.5) is False
-        assert store.complete(job.id, "w1", {}, last_log="Completed")
+        assert store.complete(job.id, "w1", stored_output(), last_log="Completed")
         assert status.wait(10)
     finally:
         store.close()

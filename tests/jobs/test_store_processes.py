@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.records import JobStatus
 from photomaker_server.jobs.sql import SQLJobStore
 
@@ -21,7 +22,7 @@ def _work_in_process(db: str, worker: str, start, queue) -> None:  # noqa: ANN00
     while (job := store.claim(worker, 60)) is not None:
         claimed.append(job.id)
         store.append_log(job.id, f"running on {worker}")
-        if store.complete(job.id, worker, {"by": worker}, 0.01):
+        if store.complete(job.id, worker, stored_output(prompt=f"a photo by {worker} img"), 0.01):
             completed.append(job.id)
     store.close()
     queue.put((worker, claimed, completed))
@@ -29,7 +30,7 @@ def _work_in_process(db: str, worker: str, start, queue) -> None:  # noqa: ANN00
 
 def test_worker_processes_complete_every_job_exactly_once(db_path):
     store = SQLJobStore(db_path)
-    ids = {store.submit("alice", "fal-ai/photomaker", {"n": i}).id for i in range(N_JOBS)}
+    ids = {store.submit("alice", "fal-ai/photomaker", stored_request()).id for i in range(N_JOBS)}
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(N_WORKERS)
     queue = ctx.Queue()
@@ -52,5 +53,5 @@ def test_worker_processes_complete_every_job_exactly_once(db_path):
     for job_id in ids:
         job = store.get(job_id, with_input=False)
         assert job.status == JobStatus.COMPLETED and job.attempts == 1 and job.succeeded
-        assert job.result["by"] == next(w for w, got, _ in reports if job_id in got)
+        assert job.result.prompt == "a photo by %s img" % next(w for w, got, _ in reports if job_id in got)
     store.close()

@@ -9,19 +9,20 @@ import pytest
 import sqlalchemy as sa
 
 from pg_server import PgServer
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.records import StoreUnavailable, WorkerInfo
 from photomaker_server.jobs.sql import SQLJobStore
 
 APP = "fal-ai/photomaker"
 
 CALLS = {
-    "submit": lambda s, j: s.submit("alice", APP, {}),
+    "submit": lambda s, j: s.submit("alice", APP, stored_request()),
     "get": lambda s, j: s.get(j.id),
     "queue_position": lambda s, j: s.queue_position(j),
     "has_work": lambda s, j: s.has_work(),
     "claim": lambda s, j: s.claim("w", 30),
     "renew_lease": lambda s, j: s.renew_lease(j.id, "w", 30),
-    "complete": lambda s, j: s.complete(j.id, "w", {}),
+    "complete": lambda s, j: s.complete(j.id, "w", stored_output()),
     "fail": lambda s, j: s.fail(j.id, "w", "x", "runner_server_error"),
     "release": lambda s, j: s.release(j.id, "w"),
     "append_log": lambda s, j: s.append_log(j.id, "hello"),
@@ -61,7 +62,7 @@ def test_an_outage_raises_store_unavailable_and_the_store_recovers(private_pg):
     url = private_pg.create_database()
     store = SQLJobStore(url)
     try:
-        job = store.submit("alice", APP, {})
+        job = store.submit("alice", APP, stored_request())
         private_pg.stop()
         for name, call in CALLS.items():
             with pytest.raises(StoreUnavailable):
@@ -74,7 +75,7 @@ def test_an_outage_raises_store_unavailable_and_the_store_recovers(private_pg):
         assert store.get(job.id).id == job.id  # the same object, no reopen
         assert store.health.up and store.health.reconnects == 1 and store.health.failures == 0
         assert store.claim("w", 30).id == job.id
-        assert store.complete(job.id, "w", {"ok": True})
+        assert store.complete(job.id, "w", stored_output())
         assert store.counts()["completed"] == 1
     finally:
         store.close()
@@ -85,7 +86,7 @@ def test_dropped_connections_are_replaced_transparently(private_pg):
     url = private_pg.create_database()
     store = SQLJobStore(url)
     try:
-        job = store.submit("alice", APP, {})
+        job = store.submit("alice", APP, stored_request())
         admin = sa.create_engine(private_pg.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
         with admin.connect() as conn:
             killed = conn.execute(sa.text(
@@ -120,7 +121,7 @@ def test_a_pooled_connection_is_pinged_only_when_there_is_reason_to(pg_server, m
     real_ping = store._engine.dialect.do_ping
     monkeypatch.setattr(store._engine.dialect, "do_ping", lambda conn: (pings.append(1), real_ping(conn))[1])
     try:
-        job = store.submit("alice", APP, {})
+        job = store.submit("alice", APP, stored_request())
         for _ in range(20):
             assert store.get(job.id) is not None
         assert pings == []

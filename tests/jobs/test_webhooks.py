@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from helpers import stored_request, stored_output
 from photomaker_server.jobs.sql import SQLJobStore
 from photomaker_server.webhooks.signing import _b64url_decode
 from photomaker_server.webhooks import (
@@ -79,10 +80,10 @@ def signer() -> WebhookSigner:
 
 
 def finished_job(store: SQLJobStore, url: str, owner: str = "user-1", ok: bool = True):
-    job = store.submit(owner, APP, {"prompt": "x"}, webhook_url=url)
+    job = store.submit(owner, APP, stored_request(), webhook_url=url)
     store.claim("w", 30)
     if ok:
-        store.complete(job.id, "w", {"images": [{"url": "https://x/files/t/a.png"}], "seed": 42}, 1.0)
+        store.complete(job.id, "w", stored_output(urls=("https://x/files/t/a.png",), seed=42), 1.0)
     else:
         store.fail(job.id, "w", "No face found in the photos", "bad_request")
     return job
@@ -309,7 +310,7 @@ def test_the_body_is_rendered_at_delivery_by_the_injected_renderer(tmp_path, sig
 
     def render(j) -> bytes:  # noqa: ANN001
         rendered.append(j.id)
-        return json.dumps({"custom": j.id, "seed": j.result["seed"]}).encode()
+        return json.dumps({"custom": j.id, "seed": j.result.seed}).encode()
 
     receiver.statuses = [500]
     dispatcher = WebhookDispatcher(store, signer, render_body=render)

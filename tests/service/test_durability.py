@@ -17,6 +17,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from live_server import API_KEY, APP, LiveServer
+from helpers import stored_output, stored_request
 from photomaker_server.api.app import build_context, create_app
 from photomaker_server.api.auth import owner_id
 from photomaker_server.deployment import open_deployment
@@ -147,7 +148,7 @@ def test_a_job_whose_worker_keeps_dying_ends_with_runner_server_error(tmp_path):
     now = [1_000_000.0]
     settings = Settings(data_dir=tmp_path, api_keys=[API_KEY], tiny=True)
     store = SQLJobStore(settings.db_path, clock=lambda: now[0])
-    job = store.submit(owner_id(API_KEY), APP_ID, small(), max_attempts=3)
+    job = store.submit(owner_id(API_KEY), APP_ID, stored_request(), max_attempts=3)
     for attempt in (1, 2, 3):
         claimed = store.claim(f"doomed-worker-{attempt}", lease_seconds=3)
         assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
@@ -157,7 +158,7 @@ def test_a_job_whose_worker_keeps_dying_ends_with_runner_server_error(tmp_path):
         now[0] += 2
         assert store.requeue_expired_leases() == [job.id]
         # The dead worker's late answer is refused: it no longer holds the lease.
-        assert store.complete(job.id, f"doomed-worker-{attempt}", {"images": []}) is False
+        assert store.complete(job.id, f"doomed-worker-{attempt}", stored_output()) is False
     final = store.get(job.id)
     assert final.status == JobStatus.COMPLETED and final.error_type == "runner_server_error"
     assert store.claim("late-worker", lease_seconds=3) is None

@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from helpers import stored_request
 from photomaker_server.api.app import create_app
-from photomaker_server.contract.request import PhotoMakerInput
+from photomaker_server.contract.result import StoredOutput
 from photomaker_server.worker.process import Worker
 from photomaker_server.settings import APP_ID, Settings
 
@@ -45,24 +46,24 @@ def test_worker_results_hold_keys_and_the_api_renders_urls(settings, client):
     store = client.app.state.ctx.store
     owner = client.app.state.ctx.keys.owner_for(f"Key {KEY}")
     worker = Worker(settings, engine=object())  # a worker on the same settings: same store, same storage
-    job = store.submit(owner, APP_ID, {"prompt": "a man img"})
+    job = store.submit(owner, APP_ID, stored_request())
     store.claim("w", 30)
     image = Image.new("RGB", (8, 6), "red")
-    def request(**fields):  # noqa: ANN202
-        return PhotoMakerInput(prompt="a man img", image_archive_url="https://example.com/a.zip", **fields)
-
-    stored = worker._deliver(job, 0, image, request(output_format="png"), False).model_dump(exclude_none=True)
-    assert set(stored) == {"key", "content_type", "file_name", "file_size", "width", "height"}, "no URL is stored"
+    stored_image = worker._deliver(job, 0, image, stored_request(output_format="png"), False)
+    stored = stored_image.model_dump(exclude_none=True)
+    assert set(stored) == {"file", "content_type", "file_name", "file_size", "width", "height"}
+    assert set(stored["file"]) == {"key"}, "no URL is stored"
     assert stored["file_name"] == f"{job.id}-0.png" and (stored["width"], stored["height"]) == (8, 6)
-    synced = worker._deliver(job, 1, image, request(output_format="jpeg", sync_mode=True), False).model_dump(exclude_none=True)
-    assert synced["url"].startswith("data:image/jpeg;base64,") and "key" not in synced
-    store.complete(job.id, "w", {"images": [stored, synced], "seed": 1})
-    assert store.get(job.id).result["images"][0] == stored
+    synced_image = worker._deliver(job, 1, image, stored_request(output_format="jpeg", sync_mode=True), False)
+    synced = synced_image.model_dump(exclude_none=True)
+    assert synced["file"]["url"].startswith("data:image/jpeg;base64,") and "key" not in synced["file"]
+    store.complete(job.id, "w", StoredOutput(images=[stored_image, synced_image], seed=1, prompt="a man img"))
+    assert store.get(job.id).result.images[0] == stored_image
 
     shown = client.get(f"/{APP_ID}/requests/{job.id}").json()
     first = shown["images"][0]
-    assert "key" not in first and first["url"] == f"{PUBLIC}/files/{stored['key']}"
-    assert shown["images"][1] == synced
+    assert "key" not in first and first["url"] == f"{PUBLIC}/files/{stored['file']['key']}"
+    assert shown["images"][1] == {"url": synced["file"]["url"], **{k: v for k, v in synced.items() if k != "file"}}
     response = client.get(_local(first["url"]))
     assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert response.headers["content-type"] == "image/png" and int(response.headers["content-length"]) == stored["file_size"]
@@ -73,11 +74,14 @@ def test_results_stored_with_urls_are_answered_as_they_are(client):
     store = client.app.state.ctx.store
     owner = client.app.state.ctx.keys.owner_for(f"Key {KEY}")
     old = {"images": [{"url": "http://old-host:8000/files/" + "C" * 32 + "/x.png", "content_type": "image/png",
-                       "file_name": "x.png", "file_size": 1, "width": 1, "height": 1}], "seed": 3}
-    job = store.submit(owner, APP_ID, {"prompt": "a man img"})
+                       "file_name": "x.png", "file_size": 1, "width": 1, "height": 1}], "seed": 3, "prompt": "a man img"}
+    job = store.submit(owner, APP_ID, stored_request())
     store.claim("w", 30)
-    store.complete(job.id, "w", old)
-    assert client.get(f"/{APP_ID}/requests/{job.id}").json() == old
+    # as migration 0006 leaves such a result: the image's URL as a reference (it cannot know our storage's address)
+    store.complete(job.id, "w", StoredOutput.model_validate(
+        {**old, "images": [{"file": {"url": old["images"][0]["url"]}, **{k: v for k, v in old["images"][0].items()
+                                                                          if k != "url"}}]}))
+    assert client.get(f"/{APP_ID}/requests/{job.id}").json() == {**old, "timings": {}, "demo_model": False}
 
 
 def test_uploads_round_trip_through_any_storage(client):
@@ -113,7 +117,7 @@ def test_a_job_whose_output_cannot_be_stored_fails_with_the_reason(tmp_path, mon
 
     settings = Settings(data_dir=tmp_path, api_keys=[KEY])
     worker = Worker(settings, engine=object())
-    job = worker.store.submit("owner", APP_ID, {"prompt": "a man img"})
+    job = worker.store.submit("owner", APP_ID, stored_request())
     claimed = worker.store.claim(worker.worker_id, 30)
 
     def unstorable(job, run):  # noqa: ANN001, ANN202

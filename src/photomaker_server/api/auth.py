@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from ..contract.errors import ErrorType
 from ..jobs.keys import MANAGED_KIND, owner_of
 from ..jobs.protocol import JobStore
 from ..settings import LOCAL_KEY_FILE, Settings
@@ -98,7 +99,7 @@ def require_caller(request: Request, authorization: Annotated[str | None, Securi
         raise HTTPException(
             status_code=401,
             detail="Missing or invalid API key: send 'Authorization: Key <key>'",
-            headers={"X-Fal-Error-Type": "unauthorized"},
+            headers={"X-Fal-Error-Type": ErrorType.UNAUTHORIZED},
         )
     return caller
 
@@ -112,5 +113,5 @@ def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
     """FastAPI dependency: an admin key (``photomaker keys create NAME --admin``), else 403."""
     if not caller.admin:
         raise HTTPException(403, "This operation needs an admin key (photomaker keys create NAME --admin)",
-                            headers={"X-Fal-Error-Type": "forbidden"})
+                            headers={"X-Fal-Error-Type": ErrorType.FORBIDDEN})
     return caller

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-ERROR_TYPE = "request_too_large"
+from ..contract.errors import ErrorType
+
+ERROR_TYPE = ErrorType.REQUEST_TOO_LARGE
 #: Paths whose bodies are file uploads, capped per file (``max_download_bytes``) by their routes.
 UPLOAD_PREFIXES = ("/storage/upload/", "/files/upload")
 #: Room for multipart framing and headers around an upload of the largest allowed size.

@@ -17,6 +17,7 @@ from types import TracebackType
 
 from fastapi import HTTPException
 
+from ..contract.errors import ErrorType
 from ..limits import LimitsPolicy
 
 __all__ = ["ConnectionBudget", "Held"]
@@ -67,7 +68,7 @@ class ConnectionBudget:
                 raise HTTPException(
                     429, f"Too many {what} for this key (limit {limit} per API process, {setting}); close one, "
                          f"or {instead}",
-                    headers={"X-Fal-Error-Type": "too_many_connections", "Retry-After": str(RETRY_AFTER_S)})
+                    headers={"X-Fal-Error-Type": ErrorType.TOO_MANY_CONNECTIONS, "Retry-After": str(RETRY_AFTER_S)})
             self._open[slot] += 1
         return Held(self, slot)
 

@@ -1,10 +1,10 @@
-"""Data URIs in a request: checked at submit and moved to file storage, so a job row holds URLs, not megabytes.
+"""Data URIs in a request: checked at submit and moved to file storage, so a job row holds keys, not megabytes.
 
 A data URI is the request's own bytes. Kept in the job row, a 45 MB photo became ~60 MB of JSON text in the
 database (plus as much again in the WAL), on every submit, before the worker got to refuse it. Here each one is
 decoded once, at submit (strict base64, the ``max_data_uri_bytes`` cap), judged by its magic bytes (an image, or
-for photo fields a zip), and written to storage with :meth:`FileStorage.put`; the request keeps that storage
-URL, which the worker reads straight from storage. Anything refused is refused with a 422 naming the field, and
+for photo fields a zip), and written to storage with :meth:`FileStorage.put`; the request keeps the file's
+storage key (a :class:`~photomaker_server.contract.files.FileRef`), which the worker reads straight from storage. Anything refused is refused with a 422 naming the field, and
 nothing of a refused request is stored.
 
 Stored inputs are ordinary stored files: they expire with the retention time (``result_ttl_hours``), like uploads.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract.files import FileRef
 from ..inputs.archives import ArchiveLimits, declared_unpacked_bytes, is_zip
 from ..inputs.budget import over_unpack_budget
 from ..inputs.errors import InputError
@@ -140,7 +141,8 @@ def _check_budget(decoded: list[_Decoded], budget: UnpackBudget) -> None:
 def store_data_uris(
     payload: dict[str, Any], files: QuotaStorage, owner: str, max_bytes: int, budget: UnpackBudget | None = None
 ) -> dict[str, Any]:
-    """``payload`` with every data URI replaced by the storage URL of its decoded bytes, stored for ``owner``.
+    """``payload`` with every data URI replaced by the :class:`FileRef` (storage key) of its decoded bytes, stored
+    for ``owner``.
 
     All of them are decoded and checked (each, then together against ``budget``), and charged to the owner's storage
     quota together, before the first is stored, so a refused request leaves nothing behind. The same URI twice
@@ -161,9 +163,10 @@ def store_data_uris(
     if "image_urls" in result:
         result["image_urls"] = list(result["image_urls"])
     for found, stored in zip(distinct, written):
+        ref = FileRef.stored(stored.key)
         for loc in found.locs:
             if loc[0] == "image_urls":
-                result["image_urls"][loc[1]] = stored.url
+                result["image_urls"][loc[1]] = ref
             else:
-                result[str(loc[0])] = stored.url
+                result[str(loc[0])] = ref
     return result

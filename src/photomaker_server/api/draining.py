@@ -12,6 +12,8 @@ import json
 import threading
 from typing import Any
 
+from ..contract.errors import ErrorType
+
 SHUTTING_DOWN = "The server is shutting down; submit again in a moment (to another instance, or after the restart)"
 #: What ``Retry-After`` suggests: about the time a restart takes to listen again (the model loads after that).
 RETRY_AFTER_S = 10
@@ -26,7 +28,7 @@ class DrainingMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.draining.is_set():
             if scope["method"] == "POST":
-                await self._answer(send, {"detail": SHUTTING_DOWN, "error_type": "server_shutting_down"},
+                await self._answer(send, {"detail": SHUTTING_DOWN, "error_type": ErrorType.SERVER_SHUTTING_DOWN},
                                    {"x-fal-error-type": "server_shutting_down"})
                 return
             if scope["path"] == "/ready":

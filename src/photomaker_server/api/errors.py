@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ..contract.errors import ErrorType, failure_body
 from ..contract.request import error_details
 from ..jobs.keys import KeyRevoked, LimitExceeded, QueueFull
 from ..jobs.records import StoreUnavailable
@@ -18,32 +19,11 @@ from ..limits import QuotaExceeded
 from ..storage.base import StorageUnavailable
 from .db_wait import UNAVAILABLE_MARK
 
-#: HTTP status for each error_type a finished request can carry.
-ERROR_STATUS = {
-    "request_timeout": 504,
-    "client_cancelled": 499,
-    "runner_server_error": 500,
-    "internal_error": 500,
-    "bad_request": 400,
-    "input_error": 422,
-    "weights_unavailable": 503,
-    "no_face_detected": 422,
-}
-#: Request errors found by the worker that belong to one input field: answered in fal's validation shape
-#: (``{"detail": [{"loc": ["body", field], "msg", "type"}]}``), as fal reports its own content errors.
-FIELD_ERRORS = {"no_face_detected": "image_archive_url"}
-
-
-def error_response(status: int, detail: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    field = FIELD_ERRORS.get(error_type)
-    body: dict[str, Any] = {"detail": detail, "error_type": error_type}
-    if field is not None:
-        body["detail"] = [{"loc": ["body", field], "msg": detail, "type": error_type}]
-    return JSONResponse(
-        body,
-        status_code=status,
-        headers={"X-Fal-Error-Type": error_type, **(headers or {})},
-    )
+def error_response(error_type: ErrorType, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """fal's error answer (``contract.errors.failure_body``) with the status of ``error_type`` and its
+    ``X-Fal-Error-Type`` header."""
+    return JSONResponse(failure_body(detail, error_type), status_code=error_type.http_status,
+                        headers={"X-Fal-Error-Type": error_type.value, **(headers or {})})
 
 
 def validation_details(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[dict[str, Any]]:
@@ -102,12 +82,13 @@ async def _request_validation_handler(request: Request, exc: RequestValidationEr
 
 async def _http_exception_handler(request: Request, exc: HTTPException) -> JSONResponse:
     headers = dict(exc.headers or {})
-    error_type = headers.get("X-Fal-Error-Type", "bad_request" if exc.status_code < 500 else "internal_error")
-    headers["X-Fal-Error-Type"] = error_type
+    fallback = ErrorType.BAD_REQUEST if exc.status_code < 500 else ErrorType.INTERNAL_ERROR
+    error_type = ErrorType.of(headers.get("X-Fal-Error-Type"), fallback)
+    headers["X-Fal-Error-Type"] = error_type.value
     detail = exc.detail if isinstance(exc.detail, (str, list)) else str(exc.detail)
     body: dict[str, Any] = {"detail": detail}
     if isinstance(detail, str):
-        body["error_type"] = error_type
+        body["error_type"] = error_type.value
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
@@ -116,7 +97,7 @@ RETRY_AFTER_S = 2
 
 
 async def _storage_unavailable_handler(request: Request, exc: StorageUnavailable) -> JSONResponse:
-    return error_response(503, f"File storage is unavailable: {exc}", "storage_unavailable",
+    return error_response(ErrorType.STORAGE_UNAVAILABLE, f"File storage is unavailable: {exc}",
                           {"Retry-After": str(RETRY_AFTER_S)})
 
 
@@ -125,29 +106,29 @@ async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) ->
     request that got this answer was not accepted. Marked in the request's state, so that ``db_wait`` can hold
     it back and run the request again once the database is back."""
     setattr(request.state, UNAVAILABLE_MARK, True)
-    return error_response(503, "The job database is unreachable; retry shortly", "service_unavailable",
+    return error_response(ErrorType.SERVICE_UNAVAILABLE, "The job database is unreachable; retry shortly",
                           {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _quota_exceeded_handler(request: Request, exc: QuotaExceeded) -> JSONResponse:
     """413, not 429: fal's clients retry a 429 at once, and a full quota only frees up as files expire."""
-    return error_response(413, exc.message, "storage_quota_exceeded")
+    return error_response(ErrorType.STORAGE_QUOTA_EXCEEDED, exc.message)
 
 
 async def _client_disconnect_handler(request: Request, exc: ClientDisconnect) -> JSONResponse:
     """The client went away (or was cut off by a body deadline, ``http_server.py``) while sending its body: nobody is
     left to answer, and it is no server error worth a traceback."""
-    return error_response(499, "Client disconnected", "client_cancelled")
+    return error_response(ErrorType.CLIENT_CANCELLED, "Client disconnected")
 async def _limit_exceeded_handler(request: Request, exc: LimitExceeded) -> JSONResponse:
     """A key's limit (429) or the deployment's queue cap (503): fal's error body naming the limit, with
     Retry-After. Nothing was stored."""
-    status, error_type = (503, "queue_full") if isinstance(exc, QueueFull) else (429, "rate_limited")
-    return error_response(status, exc.detail, error_type, {"Retry-After": str(exc.retry_after_s)})
+    error_type = ErrorType.QUEUE_FULL if isinstance(exc, QueueFull) else ErrorType.RATE_LIMITED
+    return error_response(error_type, exc.detail, {"Retry-After": str(exc.retry_after_s)})
 
 
 async def _revoked_handler(request: Request, exc: KeyRevoked) -> JSONResponse:
     """A key revoked between its (cached) check and the submit's transaction: the same 401 as afterwards."""
-    return error_response(401, "Missing or invalid API key: send 'Authorization: Key <key>'", "unauthorized")
+    return error_response(ErrorType.UNAUTHORIZED, "Missing or invalid API key: send 'Authorization: Key <key>'")
 
 
 def install(app) -> None:  # noqa: ANN001

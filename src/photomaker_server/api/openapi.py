@@ -69,11 +69,12 @@ EXAMPLE_RESULT: dict[str, Any] = {
                 "total": 9.69},
     "demo_model": False,
 }
+ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 NOT_FOUND = {"description": "No such request for this key (requests belong to the key that made them)",
-             "content": {"application/json": {"example": {
+             "content": {"application/json": {"schema": ERROR_BODY, "example": {
                  "detail": f"Request {EXAMPLE_ID} not found", "error_type": "not_found"}}}}
-UNAUTHORIZED = {"description": "Missing or invalid API key", "content": {"application/json": {"example": {
-    "detail": "Missing or invalid API key: send 'Authorization: Key <key>'"}}}}
+UNAUTHORIZED = {"description": "Missing or invalid API key", "content": {"application/json": {"schema": ERROR_BODY,
+    "example": {"detail": "Missing or invalid API key: send 'Authorization: Key <key>'", "error_type": "unauthorized"}}}}
 
 
 def install(app: FastAPI) -> None:
@@ -112,9 +113,21 @@ def _openapi(app: FastAPI) -> dict:
         for operation in item.values():
             if operation.get("security"):
                 operation.setdefault("responses", {}).setdefault("401", UNAUTHORIZED)
+            _our_validation_errors(operation)
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's own 422 shape: never answered here
+        models.pop(name, None)
     _examples(paths)
     app.openapi_schema = schema
     return schema
+
+
+def _our_validation_errors(operation: dict) -> None:
+    """FastAPI declares its own 422 body (``HTTPValidationError``) for operations with parameters; this app answers
+    every 422 in fal's shape (``errors.install``), i.e. an ``ErrorBody``: declare that instead."""
+    response = operation.get("responses", {}).get("422")
+    if response is not None:
+        response["description"] = "The request is not valid: each problem names its field"
+        response["content"] = {"application/json": {"schema": ERROR_BODY}}
 
 
 def _json(operation: dict | None, status: str) -> dict | None:

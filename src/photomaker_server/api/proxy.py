@@ -12,6 +12,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..contract.errors import ErrorType
 from ..settings import APP_ID
 from ..urls import http_url_or_none
 
@@ -60,12 +61,12 @@ class FalProxyMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         target = headers.get("x-fal-target-url")
         if not target:
-            await _reply(send, 400, {"detail": "Missing the x-fal-target-url header", "error_type": "bad_request"})
+            await _reply(send, 400, {"detail": "Missing the x-fal-target-url header", "error_type": ErrorType.BAD_REQUEST})
             return
         mapped = map_target(target)
         if mapped is None:
             await _reply(send, 403, {"detail": f"The proxy only reaches this service's {APP_ID} and storage endpoints",
-                                     "error_type": "forbidden"})
+                                     "error_type": ErrorType.FORBIDDEN})
             return
         path, query = mapped
         inner = dict(scope, path=path, raw_path=path.encode(), query_string=query.encode())

@@ -77,8 +77,9 @@ def check_trigger_word(prompt: str, trigger_word: str = DEFAULT_TRIGGER_WORD) ->
         )
 
 
-class GenerationOptions(BaseModel):
-    """Every non-file field of the request, validated."""
+class GenerationFields(BaseModel):
+    """Every non-file field of the request with its shape and ranges, and none of the deployment's rules: what a
+    request validated at submit is read back as (``contract.stored.StoredRequest``) and what the engine runs on."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +122,10 @@ class GenerationOptions(BaseModel):
         "better likeness, notably from one photo; photos without a detectable face are skipped). Absent: the "
         "server's default (v1 unless configured).",
     )
+
+
+class GenerationOptions(GenerationFields):
+    """Every non-file field of the request, validated with the deployment's rules (the validation *context*)."""
 
     @field_validator("photomaker_version")
     @classmethod

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ..contract.errors import ErrorType
+
 
 class InvalidRequest(ValueError):
     """The request cannot be run as given (the user's to fix); ``field`` names the input at fault."""
 
     #: fal's ``error_type`` of the failed request.
-    error_type = "input_error"
+    error_type = ErrorType.INPUT_ERROR
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -17,7 +19,7 @@ class InvalidRequest(ValueError):
 class NoFaceDetected(InvalidRequest):
     """PhotoMaker v2 found a face in none of the photos."""
 
-    error_type = "no_face_detected"
+    error_type = ErrorType.NO_FACE_DETECTED
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field="image_archive_url")

@@ -32,7 +32,7 @@ from .faces import DETECTION_SIZES, FaceAnalyzer
 from .id_cache import IDEmbeddingCache
 from .id_encoder import PhotoMakerIDEncoder
 from .id_encoder_v2 import PhotoMakerIDEncoderV2
-from ..contract.request import GenerationOptions
+from ..contract.request import GenerationFields
 from .options import resolve_size
 from .pipeline import CancelCheck, PhotoMakerPipeline, StepCallback
 from ..contract.styles import get_style
@@ -99,7 +99,8 @@ class EngineConfig:
 
 @dataclass
 class GenerationRequest:
-    options: GenerationOptions
+    #: A GenerationOptions, a PhotoMakerInput or a StoredRequest: every one carries the generation fields.
+    options: GenerationFields
     id_images: list[Image.Image]
     initial_image: Image.Image | None = None
     #: The photos' file names, for messages about one photo (v2's "no face found in photo 3 of 5 (x.jpg)").
@@ -288,12 +289,9 @@ class Engine:
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
-        # The options were validated by whoever built them, perhaps with another trigger word (a library caller):
-        # the engine's own rules are checked once more on the generation fields (a request may carry more).
-        options = GenerationOptions.model_validate(
-            request.options.model_dump(include=set(GenerationOptions.model_fields)),
-            context={"trigger_word": self.config.trigger_word, "max_num_images": self.config.max_num_images},
-        )
+        # Validated once by whoever built them (the API at submit, with the deployment's rules; the CLI; a library
+        # caller constructing GenerationOptions): the engine runs on them as they are.
+        options = request.options
         if not request.id_images:
             raise InvalidRequest("at least one photo of the person is needed", field="image_archive_url")
         if self.config.demo:

@@ -1,13 +1,16 @@
-"""From a request's URLs to decoded photos: what the worker runs before the engine.
+"""From a stored request's file references to decoded photos: what the worker runs before the engine.
 
-URLs of this service's own storage are read from disk (no HTTP round trip, and no SSRF exemption needed for our
-own address); everything else goes through the SSRF-safe fetcher. Each step logs what a user would want to know.
+Files of this service's own storage are named by key (:class:`~photomaker_server.contract.files.FileRef`, decided at
+submit) and read straight from storage: no HTTP round trip, no SSRF exemption for our own address, and no URL to
+recognise again. Everything else goes through the SSRF-safe fetcher. (A URL of our own storage can still reach the
+fetcher in a request queued before migration 0006, which could not know the storage's address: the fetch policy's
+local resolver reads those from storage too.) Each step logs what a user would want to know.
 
 The request as a whole is bounded, not just each input (:class:`~.budget.RequestBudget`). Inputs are read one after
 another and each photo is decoded as soon as its bytes are out of the archive, scaled down to what the engine
 needs, and its bytes dropped: at any moment the worker holds one fetched input, one photo's bytes and the small
-decoded photos. The same stored file named twice (``…?copy=1``, ``…?copy=2``) is read once, a photo whose bytes
-were seen before is skipped, and reading stops once ``max_id_photos`` photos are in hand.
+decoded photos. The same stored file named twice (``…?copy=1``, ``…?copy=2``: one key) is read once, a photo whose
+bytes were seen before is skipped, and reading stops once ``max_id_photos`` photos are in hand.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from ..contract.request import PhotoMakerInput
+from ..contract.files import FileRef
+from ..contract.stored import StoredRequest
 from ..settings import Settings
 from ..storage.base import FileStorage
 from .archives import ArchiveLimits, PhotoStream
@@ -53,31 +57,30 @@ class InputLoader:
         self.image_limits = ImageLimits.from_settings(settings)
 
     def _own_file(self, url: str) -> bytes | None:
+        """The fetcher's local resolver: a URL of our own storage (only in requests queued before migration 0006)
+        is read from storage, not fetched."""
         key = self.storage.key_from_url(url)
-        if key is None:
-            return None
+        return None if key is None else self._stored(key, url)
+
+    def _stored(self, key: str, what: str) -> bytes:
         data = self.storage.read(key)
         if data is None:
-            raise InputError(f"{url} is not (or no longer) stored on this server")
+            raise InputError(f"{what} is not (or no longer) stored on this server")
         return data
 
-    def _fetch(self, url: str, field: str) -> bytes:
+    def _fetch(self, ref: FileRef, field: str) -> bytes:
         with _blamed_on(field):
-            return fetch_bytes(url, self.policy).data
+            if ref.key is not None:
+                return self._stored(ref.key, f"The file given in {field}")
+            return fetch_bytes(ref.url or "", self.policy).data
 
-    def _identity(self, url: str) -> str:
-        """What makes two URLs the same input: the storage key for our own files (query strings and host
-        spellings do not make another file), else the URL without its fragment."""
-        key = self.storage.key_from_url(url)
-        return f"stored:{key}" if key is not None else url.strip().split("#", 1)[0]
-
-    def load(self, request: PhotoMakerInput, log: Log) -> tuple[list[Image.Image], Image.Image | None]:
+    def load(self, request: StoredRequest, log: Log) -> tuple[list[Image.Image], Image.Image | None]:
         """(ID photos in order, initial image or None)."""
         named, initial = self.load_named(request, log)
         return [image for _name, image in named], initial
 
     def load_named(
-        self, request: PhotoMakerInput, log: Log, budget: RequestBudget | None = None
+        self, request: StoredRequest, log: Log, budget: RequestBudget | None = None
     ) -> tuple[list[NamedPhoto], Image.Image | None]:
         """(ID photos with their names, in order; initial image or None), within the request's budgets.
 
@@ -97,28 +100,26 @@ class InputLoader:
             budget.hold_pixels(initial.width * initial.height)
         return photos, initial
 
-    def _sources(self, request: PhotoMakerInput) -> list[tuple[str, str]]:
-        """(field, URL) of every photo input in order, each distinct input once."""
-        sources: list[tuple[str, str]] = []
+    def _sources(self, request: StoredRequest) -> list[tuple[str, FileRef]]:
+        """(field, reference) of every photo input in order, each distinct input once."""
+        sources: list[tuple[str, FileRef]] = []
         seen: set[str] = set()
-        candidates = [("image_archive_url", request.image_archive_url)]
-        candidates += [("image_urls", url) for url in request.image_urls or []]
-        for field, url in candidates:
-            identity = self._identity(url)
+        for field, ref in request.photo_refs():
+            identity = ref.identity()
             if identity not in seen:
                 seen.add(identity)
-                sources.append((field, url))
+                sources.append((field, ref))
         return sources
 
-    def _photos(self, request: PhotoMakerInput, budget: RequestBudget, log: Log) -> list[NamedPhoto]:
+    def _photos(self, request: StoredRequest, budget: RequestBudget, log: Log) -> list[NamedPhoto]:
         sources = self._sources(request)
         log(f"Fetching the photos ({len(sources)} file{'s' if len(sources) != 1 else ''})")
         named_inputs = 1 + len(request.image_urls or [])
         if len(sources) < named_inputs:
             log(f"Reading {named_inputs - len(sources)} repeated input(s) once (the same file named again)")
         collected = _Collected(limit=self.archive_limits.max_photos)
-        for index, (field, url) in enumerate(sources):
-            stream = self._read_input(request, field, url, budget, collected)
+        for index, (field, ref) in enumerate(sources):
+            stream = self._read_input(request, field, ref, budget, collected)
             skipped, unread = (stream.skipped, len(stream.unread())) if stream is not None else ([], 0)
             del stream  # it holds the input's bytes: gone before the next input is fetched
             for line in skipped:
@@ -134,14 +135,14 @@ class InputLoader:
         return collected.photos
 
     def _read_input(
-        self, request: PhotoMakerInput, field: str, url: str, budget: RequestBudget, collected: _Collected
+        self, request: StoredRequest, field: str, ref: FileRef, budget: RequestBudget, collected: _Collected
     ) -> PhotoStream | None:
         """Fetch one input and decode its new photos into ``collected`` until it is full; the stream that was read
         (for what it skipped and left unread), or None when the input's bytes were already read."""
-        data = self._fetch(url, field)
+        data = self._fetch(ref, field)
         if not collected.new_input(data):
             return None
-        label = "photo" if field == "image_archive_url" else f"photo in image_urls[{self._position(request, url)}]"
+        label = "photo" if field == "image_archive_url" else f"photo in image_urls[{self._position(request, ref)}]"
         with _blamed_on(field):
             stream = PhotoStream(data, self.archive_limits, count=budget.byte_counter(field))
             del data  # the stream holds it while it reads; nothing else needs it
@@ -159,8 +160,8 @@ class InputLoader:
         return stream
 
     @staticmethod
-    def _position(request: PhotoMakerInput, url: str) -> int:
-        return (request.image_urls or []).index(url)
+    def _position(request: StoredRequest, ref: FileRef) -> int:
+        return (request.image_urls or []).index(ref)
 
 
 @dataclass

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any, Protocol
+from typing import Protocol
 
+from ..contract.errors import ErrorType
+from ..contract.result import StoredOutput
+from ..contract.stored import StoredRequest
 from ..limits import StorageQuota, StorageUsage
 from .health import DatabaseHealth
 from .keys import ApiKey, KeyLimits, KeyUsage
@@ -26,7 +29,7 @@ class JobStore(Protocol):
         self,
         owner: str,
         app: str,
-        input: dict[str, Any],
+        input: StoredRequest,
         *,
         priority: str | int = "normal",
         start_deadline: float | None = None,
@@ -64,13 +67,13 @@ class JobStore(Protocol):
         self,
         job_id: str,
         worker_id: str,
-        result: dict[str, Any],
+        result: StoredOutput,
         inference_time: float | None = None,
         last_log: str | None = None,
         logs: Sequence[tuple[str, str]] = (),
     ) -> bool: ...
 
-    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool: ...
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: ErrorType) -> bool: ...
 
     def release(self, job_id: str, worker_id: str) -> bool: ...
 

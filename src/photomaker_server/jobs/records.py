@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..contract.errors import ErrorType
+from ..contract.result import StoredOutput
+from ..contract.stored import StoredRequest
+
 __all__ = [
     "CANCELLED_ERROR",
-    "ERROR_TYPE_CANCELLED",
-    "ERROR_TYPE_REQUEST_TIMEOUT",
-    "ERROR_TYPE_RUNNER",
     "LOG_LEVELS",
     "MAX_LOG_MESSAGE_CHARS",
     "PRIORITIES",
@@ -86,9 +87,6 @@ MAX_LOG_MESSAGE_CHARS = 8000
 REQUEST_TIMEOUT_ERROR = "The request was not started within its X-Fal-Request-Timeout"
 CANCELLED_ERROR = "Request cancelled"
 RELEASED_MESSAGE = "Worker stopped; the request is back in the queue"
-ERROR_TYPE_REQUEST_TIMEOUT = "request_timeout"
-ERROR_TYPE_CANCELLED = "client_cancelled"
-ERROR_TYPE_RUNNER = "runner_server_error"
 
 
 class StoreUnavailable(Exception):
@@ -145,9 +143,9 @@ class Job:
     id: str
     owner: str
     app: str
-    #: The request body. None where it was deliberately not loaded (``get(..., with_input=False)``, ``cleanup``):
-    #: inputs may carry megabytes of data URIs, and status polls must not parse them every time.
-    input: dict[str, Any] | None
+    #: The request as validated at submit. None where it was deliberately not loaded (``get(..., with_input=False)``,
+    #: ``cleanup``): no status poll needs it.
+    input: StoredRequest | None
     status: JobStatus
     priority: int
     created_at: float
@@ -159,9 +157,11 @@ class Job:
     lease_owner: str | None
     lease_expires_at: float | None
     cancel_requested: bool
-    result: dict[str, Any] | None
+    #: What the worker stored (None until it completed without error).
+    result: StoredOutput | None
     error: str | None
-    error_type: str | None
+    #: Why it failed (with ``error``), from the one vocabulary of error types.
+    error_type: ErrorType | None
     inference_time: float | None
     webhook_url: str | None
     #: Set by ``submit`` only: how many queued jobs were ahead of it when it was queued (what fal's submit answer

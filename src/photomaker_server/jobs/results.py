@@ -1,53 +1,27 @@
-"""Stored results and what clients see of them.
+"""Which stored files a finished job's result names (what the housekeeper deletes with the job).
 
-The worker stores each output image by its storage ``key`` (``{"key", "content_type", "file_name", ...}``); the
-URL is rendered from the key whenever a result is handed out (result endpoint, webhooks), so it follows the
-deployment's current public URL, CDN or presigning. ``sync_mode`` images keep their data URI in ``url``, and
-results stored before keys existed hold only a ``url``: both are answered as they are.
+Rendering a result for clients is :func:`photomaker_server.contract.result.render_output`, the one renderer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-__all__ = ["UrlRenderer", "render_result", "result_keys"]
+from ..contract.result import StoredOutput
 
-#: A storage key → the URL a client fetches it from (e.g. ``lambda key: storage.url_for(key, base_url)``).
-UrlRenderer = Callable[[str], str]
+__all__ = ["result_keys"]
 
 
-def _images(result: dict[str, Any] | None) -> list[Any]:
-    images = (result or {}).get("images") if isinstance(result, dict) else None
-    return images if isinstance(images, list) else []
-
-
-def render_result(result: dict[str, Any] | None, url_for: UrlRenderer | None) -> dict[str, Any] | None:
-    """A copy of ``result`` in fal's shape: every image that has a ``key`` gets its ``url`` (the key itself is
-    not shown). Without a renderer, keys are left as they are. The stored result is never modified."""
-    if not isinstance(result, dict) or url_for is None or not _images(result):
-        return result
-    images = []
-    for image in _images(result):
-        if isinstance(image, dict) and isinstance(image.get("key"), str):
-            shown = {k: v for k, v in image.items() if k != "key"}
-            images.append({"url": url_for(image["key"]), **shown})
-        else:
-            images.append(image)
-    return {**result, "images": images}
-
-
-def result_keys(result: dict[str, Any] | None, key_from_url: Callable[[str], str | None]) -> list[str]:
-    """The storage keys a stored result names: its images' ``key``, or for old results the key in their
-    ``url`` (``key_from_url``: the storage's URL recognition). Data URIs and foreign URLs name none."""
+def result_keys(result: StoredOutput | None, key_from_url: Callable[[str], str | None]) -> list[str]:
+    """The storage keys a stored result names: its images' keys, and for results stored before keys existed (an
+    image URL of our own storage, kept as a URL by migration 0006, which cannot know the storage's address) the key
+    in that URL (``key_from_url``: the storage's URL recognition). Data URIs and foreign URLs name none."""
+    if result is None:
+        return []
     keys = []
-    for image in _images(result):
-        if not isinstance(image, dict):
-            continue
-        key = image.get("key")
-        if not isinstance(key, str):
-            url = image.get("url")
-            key = key_from_url(url) if isinstance(url, str) else None
+    for image in result.images:
+        ref = image.file
+        key = ref.key if ref.key is not None else (None if ref.is_data_uri else key_from_url(ref.url or ""))
         if key:
             keys.append(key)
     return keys

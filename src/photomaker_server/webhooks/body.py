@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..contract.errors import ErrorType, failure_body
+from ..contract.result import UrlRenderer, render_output
 from ..jobs.records import Job
-from ..jobs.results import UrlRenderer, render_result
 
 
 def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
@@ -37,9 +38,18 @@ def webhook_body(request_id: str, result: dict[str, Any] | None, error: dict[str
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _relative_url(key: str) -> str:
+    """Where the API serves a stored file, without a host: for callers that know no public URL (tests, tools)."""
+    return f"/files/{key}"
+
+
 def job_webhook_body(job: Job, url_for: UrlRenderer | None = None) -> bytes:
-    """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``). ``url_for`` renders the URLs
-    of stored images from their keys; without it the keys stay."""
-    if job.error is None:
-        return webhook_body(job.id, render_result(job.result, url_for), None)
-    return webhook_body(job.id, None, {"detail": job.error, "error_type": job.error_type})
+    """:func:`webhook_body` for a finished job (the dispatcher's default ``render_body``): the payload is what the
+    result endpoint answers (``contract.result.render_output``). ``url_for`` renders the URLs of stored images from
+    their keys (without it: the API's relative ``/files/<key>`` path)."""
+    if job.error is None and job.result is not None:
+        result = render_output(job.result, url_for or _relative_url).model_dump(mode="json", exclude_none=True)
+        return webhook_body(job.id, result, None)
+    # as the result endpoint answers it (a job completed without error always has its result)
+    detail = job.error or "The request's result is missing"
+    return webhook_body(job.id, None, failure_body(detail, ErrorType.of(job.error_type)))

@@ -25,14 +25,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from pydantic import ValidationError
+from PIL.Image import Image
 
 from ..deployment import open_deployment
-from ..contract.request import PhotoMakerInput, error_details, parse_request
+from ..contract.errors import ErrorType
+from ..contract.files import FileRef
 from ..contract.result import StoredImage, StoredOutput
+from ..contract.stored import StoredRequest
 from ..contract.notices import DEMO_WARNING
 from ..inputs.errors import InputError
-from ..inputs.resolve import InputLoader
+from ..inputs.resolve import InputLoader, NamedPhoto
 from ..jobs.records import CANCELLED_ERROR, Job, JobStatus, StoreUnavailable, WorkerInfo
 from ..logs import configure_logging
 from ..outputs import EXTENSIONS, encode_image
@@ -238,19 +240,14 @@ class Worker:
         except StoreUnavailable:
             return None
 
-    def _generate(self, job: Job, run: JobRun) -> tuple[dict[str, Any], float]:
+    def _generate(self, job: Job, run: JobRun) -> tuple[StoredOutput, float]:
         from ..engine.errors import InvalidRequest
         from ..engine.service import GenerationRequest
 
         if self.load_error:
-            raise _JobError(self.load_error, "runner_server_error")
-        try:  # validated at submit; parsed here into the same model, with the same deployment rules
-            request = parse_request(job.input, self.settings)
-        except ValidationError as exc:  # e.g. the trigger word was changed while the request waited
-            problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in error_details(exc))
-            raise _JobError(f"The request is not valid on this server: {problems}", "input_error") from None
+            raise _JobError(self.load_error, ErrorType.RUNNER_SERVER_ERROR)
         inputs_started = time.perf_counter()
-        named, initial = self.inputs.load_named(request, run.log)
+        request, named, initial = self.job_inputs(job, run.log)
         photos, names = [image for _, image in named], [name for name, _ in named]
         inputs_time = time.perf_counter() - inputs_started
 
@@ -286,18 +283,29 @@ class Worker:
             demo_model=result.demo_model,
             demo_warning=DEMO_WARNING if result.demo_model else None,
         )
-        return output.to_json(), round(inference_time, 4)
+        return output, round(inference_time, 4)
 
-    def _deliver(self, job: Job, index: int, image, request: PhotoMakerInput, demo: bool) -> StoredImage:  # noqa: ANN001
+    def job_inputs(self, job: Job, log: Callable[..., None]) -> tuple[StoredRequest, list[NamedPhoto], Image | None]:
+        """A claimed job → (its request, its ID photos with their names, its initial image or None): the one step
+        between the job store and the engine. The request was validated at submit and is read as stored (no
+        deployment rule is applied again); its files are storage keys, read from storage, or outside URLs,
+        fetched."""
+        request = job.input
+        if request is None:  # a claim always loads the input; a job read without it cannot be run
+            raise _JobError("The stored request was not loaded", ErrorType.INTERNAL_ERROR)
+        named, initial = self.inputs.load_named(request, log)
+        return request, named, initial
+
+    def _deliver(self, job: Job, index: int, image, request: StoredRequest, demo: bool) -> StoredImage:  # noqa: ANN001
         data, content_type = encode_image(image, request.output_format, DEMO_WARNING if demo else None)
         file_name = f"{job.id}-{index}.{EXTENSIONS[request.output_format]}"
         # A stored image is kept by its storage key; the API renders its URL when it answers (results outlive
         # public-URL, CDN and presigning changes, and the worker never needs the API's address).
         if request.sync_mode:
-            where = {"url": f"data:{content_type};base64,{base64.b64encode(data).decode()}"}
+            ref = FileRef.outside(f"data:{content_type};base64,{base64.b64encode(data).decode()}")
         else:
-            where = {"key": self.storage.put(data, content_type, file_name).key}
-        return StoredImage(**where, content_type=content_type, file_name=file_name, file_size=len(data),
+            ref = FileRef.stored(self.storage.put(data, content_type, file_name).key)
+        return StoredImage(file=ref, content_type=content_type, file_name=file_name, file_size=len(data),
                            width=image.width, height=image.height)
 
     def _fail(self, job: Job, run: JobRun, exc: Exception) -> None:
@@ -312,25 +320,25 @@ class Worker:
             self._release(job)
             return
         if isinstance(exc, GenerationCancelled):
-            message, error_type = CANCELLED_ERROR, "client_cancelled"
+            message, error_type = CANCELLED_ERROR, ErrorType.CLIENT_CANCELLED
         elif isinstance(exc, _JobError):
             message, error_type = str(exc), exc.error_type
         elif isinstance(exc, InputError):
-            message, error_type = str(exc), "input_error"
+            message, error_type = str(exc), ErrorType.INPUT_ERROR
         elif isinstance(exc, (WeightsUnavailable, CheckpointError)):
-            message, error_type = f"The model could not be loaded: {exc}", "weights_unavailable"
+            message, error_type = f"The model could not be loaded: {exc}", ErrorType.WEIGHTS_UNAVAILABLE
         elif isinstance(exc, StorageUnavailable):
-            message, error_type = str(exc), "runner_server_error"
+            message, error_type = str(exc), ErrorType.RUNNER_SERVER_ERROR
         else:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", "runner_server_error"
+            message, error_type = f"Internal error while generating ({type(exc).__name__}: {exc})", ErrorType.RUNNER_SERVER_ERROR
         run.log(message, "ERROR")
         run.flush()
         self._finish(job, run, "error", lambda: self.store.fail(job.id, self.worker_id, message, error_type))
 
 
 class _JobError(Exception):
-    def __init__(self, message: str, error_type: str) -> None:
+    def __init__(self, message: str, error_type: ErrorType) -> None:
         super().__init__(message)
         self.error_type = error_type
 

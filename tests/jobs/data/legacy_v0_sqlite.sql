@@ -35,8 +35,8 @@ CREATE TABLE jobs (
 	webhook_url TEXT, 
 	PRIMARY KEY (id)
 );
-INSERT INTO "jobs" VALUES('e3e4453e-5568-4a6a-86c3-f09a15d933b1',1,'alice','fal-ai/photomaker','{"prompt":"a photo of img"}','completed',1,1700000000.0,1700000000.0,1700000000.0,NULL,1,3,NULL,NULL,0,'{"images":[],"seed":1}',NULL,NULL,1.5,'https://example.com/hook');
-INSERT INTO "jobs" VALUES('87dfe9f5-eace-4497-b7a3-81a7159c2301',2,'bob','fal-ai/photomaker','{"prompt":"queued img"}','queued',2,1700000000.0,NULL,NULL,NULL,0,3,NULL,NULL,0,NULL,NULL,NULL,NULL,NULL);
+INSERT INTO "jobs" VALUES('e3e4453e-5568-4a6a-86c3-f09a15d933b1',1,'alice','fal-ai/photomaker','{"prompt":"a photo of img","image_archive_url":"https://example.com/a.zip","output_format":"png","sync_mode":false}','completed',1,1700000000.0,1700000000.0,1700000000.0,NULL,1,3,NULL,NULL,0,'{"images":[{"url":"http://127.0.0.1:8000/files/tok/e3e4453e-0.png","content_type":"image/png","file_name":"e3e4453e-0.png","file_size":3,"width":8,"height":8}],"seed":1,"prompt":"a photo of img"}',NULL,NULL,1.5,'https://example.com/hook');
+INSERT INTO "jobs" VALUES('87dfe9f5-eace-4497-b7a3-81a7159c2301',2,'bob','fal-ai/photomaker','{"prompt":"queued img","image_archive_url":"data:application/zip;base64,UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==","image_urls":["https://example.com/b.png"]}','queued',2,1700000000.0,NULL,NULL,NULL,0,3,NULL,NULL,0,NULL,NULL,NULL,NULL,NULL);
 CREATE TABLE webhook_deliveries (
 	id INTEGER NOT NULL, 
 	job_id VARCHAR(36) NOT NULL, 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, create_model, field_validator
 
+from ...contract.errors import ErrorType
 from ...jobs.keys import KeyExists, KeyLimits, UnknownKey, check_key_name, new_secret
 from ..auth import require_admin, require_caller
 from ..context import get_ctx
@@ -42,7 +43,7 @@ class KeyCreateBody(KeyLimitsBody):  # type: ignore[misc,valid-type]
 
 
 def _not_found(exc: UnknownKey) -> HTTPException:
-    return HTTPException(404, str(exc), headers={"X-Fal-Error-Type": "not_found"})
+    return HTTPException(404, str(exc), headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
 
 
 @router.get("/api/key", summary="The calling key's name and limits")
@@ -67,7 +68,7 @@ async def create_key(
             lambda: get_ctx(request).store.create_key(body.name, secret, limits, admin=body.admin)
         )
     except KeyExists as exc:
-        raise HTTPException(409, str(exc), headers={"X-Fal-Error-Type": "conflict"}) from None
+        raise HTTPException(409, str(exc), headers={"X-Fal-Error-Type": ErrorType.CONFLICT}) from None
     return JSONResponse({**key.public(), "key": secret}, status_code=201)
 
 

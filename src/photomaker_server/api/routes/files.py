@@ -22,6 +22,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ...contract.errors import ErrorType
 from ...storage.base import UploadError
 from ..auth import require_owner
 from ..context import get_ctx
@@ -30,12 +31,11 @@ from ..schemas import UploadedFile, UploadInitiate, UploadInitiated
 
 router = APIRouter(tags=["storage"])
 TOKEN_TTL_S = 3600
-_UPLOAD_ERROR_STATUS = {"not_found": 404, "bad_signature": 403, "expired": 410, "used": 409, "too_large": 413}
 
 
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"Upload larger than this server's limit of {limit} bytes (PHOTOMAKER_MAX_DOWNLOAD_BYTES)",
-                         headers={"X-Fal-Error-Type": "request_too_large"})
+                         headers={"X-Fal-Error-Type": ErrorType.REQUEST_TOO_LARGE})
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -69,12 +69,12 @@ async def put_upload(upload_id: str, request: Request, sig: str = "") -> JSONRes
         # Before reading a byte: a bad URL must not cost a whole body.
         key = await to_thread.run_sync(ctx.storage.check_upload, upload_id, sig)
     except UploadError as exc:
-        return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
+        return error_response(ErrorType.of(exc.reason, ErrorType.BAD_REQUEST), exc.message)
     data = await read_capped(request, ctx.settings.max_download_bytes)
     try:  # charged to the key that asked for the URL, within its quota
         stored = await to_thread.run_sync(ctx.files.accept_upload, key, upload_id, sig, data)
     except UploadError as exc:
-        return error_response(_UPLOAD_ERROR_STATUS.get(exc.reason, 400), exc.message, exc.reason)
+        return error_response(ErrorType.of(exc.reason, ErrorType.BAD_REQUEST), exc.message)
     return JSONResponse({"url": ctx.file_url(stored.key), "file_size": stored.size}, status_code=200)
 
 
@@ -117,7 +117,7 @@ async def upload_with_token(request: Request) -> dict:
     if owner is None:
         owner = ctx.keys.owner_for(request.headers.get("authorization"))
     if owner is None:
-        raise HTTPException(401, "Missing or invalid upload token", headers={"X-Fal-Error-Type": "unauthorized"})
+        raise HTTPException(401, "Missing or invalid upload token", headers={"X-Fal-Error-Type": ErrorType.UNAUTHORIZED})
     data = await read_capped(request, ctx.settings.max_download_bytes)
     stored = await to_thread.run_sync(
         ctx.files.put, owner, data, request.headers.get("content-type", "application/octet-stream"),
@@ -144,7 +144,7 @@ def get_file(token: str, name: str, request: Request) -> StreamingResponse:
     """Streamed from whichever storage holds it (local files or the object store), never buffered whole."""
     opened = get_ctx(request).storage.open(f"{token}/{name}")
     if opened is None:
-        raise HTTPException(404, "File not found", headers={"X-Fal-Error-Type": "not_found"})
+        raise HTTPException(404, "File not found", headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
     info, chunks = opened
     # Content types of uploads come from clients: never let a stored file run script on this origin.
     headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff",

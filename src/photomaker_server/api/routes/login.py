@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ...contract.errors import ErrorType
 from ..context import get_ctx
 from ..errors import error_response
 from ..login import SESSION_COOKIE, SESSION_TTL_S, new_session, read_link_token, valid_session
@@ -33,9 +34,8 @@ async def login(request: Request, body: LoginRequest) -> Response:
     now = time.time()
     link = read_link_token(ctx.token_secret, body.token, now)
     if ctx.keys.local_key is None or link is None or not await to_thread.run_sync(ctx.store.use_token_once, *link):
-        return error_response(403, "This login link is not valid (expired, already used, or not this server's); "
-                                   "run `photomaker login-link` on the server for a fresh one", "invalid_login_link",
-                              _NO_STORE)
+        return error_response(ErrorType.INVALID_LOGIN_LINK, "This login link is not valid (expired, already used, or "
+                              "not this server's); run `photomaker login-link` on the server for a fresh one", _NO_STORE)
     response = Response(status_code=204, headers=_NO_STORE)
     response.set_cookie(SESSION_COOKIE, new_session(ctx.token_secret, now), max_age=SESSION_TTL_S, path="/",
                         httponly=True, samesite="strict", secure=_secure(request))
@@ -47,8 +47,8 @@ def session(request: Request) -> JSONResponse:
     ctx = get_ctx(request)
     if ctx.keys.local_key is None or not valid_session(ctx.token_secret, request.cookies.get(SESSION_COOKIE),
                                                        time.time()):
-        return error_response(401, "Not signed in: open the login link the server printed, or type your key",
-                              "unauthorized", _NO_STORE)
+        return error_response(ErrorType.UNAUTHORIZED, "Not signed in: open the login link the server printed, or type "
+                              "your key", _NO_STORE)
     return JSONResponse({"key": ctx.keys.local_key}, headers=_NO_STORE)
 
 

@@ -16,10 +16,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ...contract.request import PhotoMakerInput, parse_request
-from ...contract.result import PhotoMakerOutput
+from ...contract.errors import ErrorType
+from ...contract.result import PhotoMakerOutput, UrlRenderer, render_output
+from ...contract.stored import FILE_FIELDS, stored_request
 from ...inputs.errors import InputError
 from ...inputs.fetch import ALLOW_HINT, address_problem, is_allow_listed, parse_literal_ip
-from ...jobs.results import UrlRenderer, render_result
 from ...jobs.wakeups import Subscription
 from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavailable, job_topic, log_topic, parse_priority
 from ...settings import APP_ID
@@ -29,8 +30,8 @@ from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
 from ..input_budget import check_stored_inputs
-from ..errors import ERROR_STATUS, error_response, validation_response
-from ..schemas import QueueStatus, QueueSubmitted
+from ..errors import error_response, validation_response
+from ..schemas import CancelAnswer, QueueStatus, QueueSubmitted, error_responses
 
 router = APIRouter(tags=["queue"])
 INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
@@ -42,7 +43,8 @@ KEEPALIVE_S = 10.0
 
 def _check_app(owner_ns: str, alias: str) -> None:
     if f"{owner_ns}/{alias}" != APP_ID:
-        raise HTTPException(404, f"Unknown app {owner_ns}/{alias}; this server runs {APP_ID}")
+        raise HTTPException(404, f"Unknown app {owner_ns}/{alias}; this server runs {APP_ID}",
+                            headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
 
 
 def _flag(value: str | None) -> bool:
@@ -112,12 +114,15 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
         return validation_response(exc)
     priority, start_deadline = _priority(request), _start_deadline(request)
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
-    payload_in = data.model_dump(mode="json", exclude_none=True)
+    files_in = data.model_dump(include=set(FILE_FIELDS), exclude_none=True)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
-        budget = check_stored_inputs(payload_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
-        stored_input = store_data_uris(payload_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
+        budget = check_stored_inputs(files_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
+        files_in = store_data_uris(files_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
+    # Built once: data URIs are keys now, and URLs of our own storage become keys here (the worker never parses
+    # a URL back); the job row holds this, and the worker reads it as it is.
+    stored_input = stored_request(data, files_in, ctx.storage.key_from_url)
     return ctx.store.submit(
         owner,
         APP_ID,
@@ -130,7 +135,8 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
     )
 
 
-@router.post("/{owner_ns}/{alias}", response_model=QueueSubmitted, summary="Submit a request to the queue")
+@router.post("/{owner_ns}/{alias}", response_model=QueueSubmitted, summary="Submit a request to the queue",
+             responses=error_responses(400, 401, 413, 422, 429, 503))
 def submit(
     owner_ns: str,
     alias: str,
@@ -152,7 +158,7 @@ def _own_job(ctx, request_id: str, owner: str) -> Job:  # noqa: ANN001
     # Inputs can hold megabytes of data URIs; no status/result/cancel answer needs them.
     job = ctx.store.get(request_id, owner=owner, with_input=False)
     if job is None:
-        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": "not_found"})
+        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
     return job
 
 
@@ -171,22 +177,26 @@ async def _refresh(ctx, job: Job) -> Job:  # noqa: ANN001
 
 
 def status_body(ctx, job: Job, logs: list | None) -> dict[str, Any]:  # noqa: ANN001
-    """fal's status envelope for the job's current state; ``logs`` are the entries to include (or None)."""
-    body: dict[str, Any] = {"request_id": job.id, **_urls(ctx, job.id), "logs": logs}
+    """fal's status envelope (:class:`QueueStatus`) for the job's current state, as JSON; ``logs`` are the entries
+    to include (or None: ``logs`` is then null)."""
+    fields: dict[str, Any] = {"request_id": job.id, **_urls(ctx, job.id)}
     if job.status == JobStatus.QUEUED:
-        body.update(status="IN_QUEUE", queue_position=ctx.store.queue_position(job))
+        fields.update(status="IN_QUEUE", queue_position=ctx.store.queue_position(job))
     elif job.status == JobStatus.RUNNING:
-        body.update(status="IN_PROGRESS")
+        fields.update(status="IN_PROGRESS")
     else:
-        body.update(status="COMPLETED")
+        fields.update(status="COMPLETED")
         if job.inference_time is not None:
-            body["metrics"] = {"inference_time": job.inference_time}
+            fields["metrics"] = {"inference_time": job.inference_time}
         if job.error:
-            body.update(error=job.error, error_type=job.error_type)
+            fields.update(error=job.error, error_type=ErrorType.of(job.error_type))
+    body = QueueStatus(**fields).model_dump(mode="json", exclude_none=True)
+    body["logs"] = logs
     return body
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}/status", response_model=QueueStatus, summary="Request status")
+@router.get("/{owner_ns}/{alias}/requests/{request_id}/status", response_model=QueueStatus, summary="Request status",
+            responses=error_responses(401, 404, 503))
 def status(
     owner_ns: str,
     alias: str,
@@ -202,7 +212,10 @@ def status(
     return JSONResponse(status_body(ctx, job, entries), headers=_request_headers(job.id))
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}/status/stream", summary="Status as Server-Sent Events")
+@router.get("/{owner_ns}/{alias}/requests/{request_id}/status/stream", summary="Status as Server-Sent Events",
+            response_class=StreamingResponse,
+            responses={200: {"description": "One `data:` event (a QueueStatus) per change",
+                             "content": {"text/event-stream": {}}}, **error_responses(401, 404, 429, 503)})
 async def status_stream(
     owner_ns: str,
     alias: str,
@@ -239,7 +252,8 @@ async def _open_stream(ctx, request: Request, request_id: str, owner: str, with_
     try:
         changes = ctx.wakeups.subscribe(*topics)
     except ValueError:  # not a topic (a newline in the id): no such request either
-        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": "not_found"}) from None
+        raise HTTPException(404, f"Request {request_id} not found",
+                            headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND}) from None
     try:
         first = await to_thread.run_sync(look, None, 0)
     except BaseException:
@@ -307,17 +321,22 @@ class _SubscribedStream(StreamingResponse):
             self.held.release()
 
 
-def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONResponse:
-    """The result endpoint's answer; ``url_for`` renders stored images' URLs from their keys."""
+def result_response(job: Job, url_for: UrlRenderer) -> JSONResponse:
+    """The result endpoint's (and ``/run``'s) answer: the stored output rendered by the one renderer
+    (:func:`~photomaker_server.contract.result.render_output`; ``url_for`` renders stored images' URLs for this
+    replica), or fal's error body (``contract.errors.failure_body``, as webhooks send it) with the status of the
+    job's error type."""
     headers = _request_headers(job.id)
     if job.status != JobStatus.COMPLETED:
-        return error_response(400, "Request is still in progress", "request_in_progress", headers)
-    if job.error:
-        return error_response(ERROR_STATUS.get(job.error_type or "", 500), job.error, job.error_type or "internal_error", headers)
-    return JSONResponse(render_result(job.result, url_for), headers=headers)
+        return error_response(ErrorType.REQUEST_IN_PROGRESS, "Request is still in progress", headers)
+    if job.error or job.result is None:  # a job completed without error always has its result
+        error_type = ErrorType.of(job.error_type)
+        return error_response(error_type, job.error or "The request's result is missing", headers)
+    return JSONResponse(render_output(job.result, url_for).model_dump(mode="json", exclude_none=True), headers=headers)
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result")
+@router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result",
+            responses=error_responses(400, 401, 404, 422, 499, 500, 503, 504))
 def result(
     owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
 ) -> Any:
@@ -326,7 +345,10 @@ def result(
     return result_response(_own_job(ctx, request_id, owner), ctx.file_url)
 
 
-@router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request")
+@router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request", status_code=202,
+            response_model=CancelAnswer,
+            responses={400: {"model": CancelAnswer, "description": "The request had already finished"},
+                       **error_responses(401, 404, 503)})
 def cancel(
     owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
 ) -> JSONResponse:
@@ -334,13 +356,14 @@ def cancel(
     outcome = get_ctx(request).store.request_cancel(request_id, owner)
     headers = _request_headers(request_id)
     if outcome == CancelOutcome.NOT_FOUND:
-        return error_response(404, f"Request {request_id} not found", "not_found")
+        return error_response(ErrorType.NOT_FOUND, f"Request {request_id} not found")
     if outcome == CancelOutcome.ALREADY_COMPLETED:
-        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=headers)
-    return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=headers)
+        return JSONResponse(CancelAnswer(status="ALREADY_COMPLETED").model_dump(), status_code=400, headers=headers)
+    return JSONResponse(CancelAnswer(status="CANCELLATION_REQUESTED").model_dump(), status_code=202, headers=headers)
 
 
-@router.post("/run/{owner_ns}/{alias}", response_model=PhotoMakerOutput, summary="Run synchronously")
+@router.post("/run/{owner_ns}/{alias}", response_model=PhotoMakerOutput, summary="Run synchronously",
+             responses=error_responses(400, 401, 413, 422, 429, 499, 500, 503, 504))
 async def run(
     owner_ns: str,
     alias: str,
@@ -364,7 +387,7 @@ async def _run_held(ctx, request: Request, payload: dict[str, Any], owner: str) 
         while job.status != JobStatus.COMPLETED:
             if await request.is_disconnected():
                 await to_thread.run_sync(ctx.store.request_cancel, job.id, owner)
-                return error_response(499, "Client disconnected", "client_cancelled", _request_headers(job.id))
+                return error_response(ErrorType.CLIENT_CANCELLED, "Client disconnected", _request_headers(job.id))
             await changes.wait_async(FALLBACK_WAIT_S)
             job = await _refresh(ctx, job)
     return result_response(job, ctx.file_url)

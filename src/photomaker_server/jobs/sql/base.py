@@ -21,9 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ...contract.errors import ErrorType
+from ...contract.result import StoredOutput
 from ..health import DatabaseHealth
 from ..records import (
-    ERROR_TYPE_CANCELLED,
     MAX_LOG_MESSAGE_CHARS,
     LogLine,
     StoreUnavailable,
@@ -34,7 +35,6 @@ from ..records import (
 )
 from .clock import DatabaseClock
 from .connect import backend_for, database_url, unavailable
-from .rows import dumps
 from .schema import key_usage, webhook_deliveries
 from .schema_version import upgrade_engine
 from .statements import FINISH_HELD, INSERT_LOG, finish_where, insert_job
@@ -222,14 +222,14 @@ class SQLStoreBase:
         *,
         guard: sa.ColumnElement[bool] | None = None,
         held_by: str | None = None,
-        result: dict[str, Any] | None = None,
+        result: StoredOutput | None = None,
         error: str | None = None,
-        error_type: str | None = None,
+        error_type: ErrorType | None = None,
         inference_time: float | None = None,
     ) -> bool:
         """Move a job to ``completed`` if ``guard`` still holds (or, the usual case, the worker ``held_by``
         still holds its lease), and queue its webhook. False: lost the race."""
-        params = {"p_job_id": job_id, "p_now": now, "p_result": None if result is None else dumps(result),
+        params = {"p_job_id": job_id, "p_now": now, "p_result": None if result is None else result.to_json(),
                   "p_error": error, "p_error_type": error_type, "p_inference_time": inference_time}
         if guard is None:
             statement, params["p_worker"] = FINISH_HELD, held_by
@@ -242,8 +242,8 @@ class SQLStoreBase:
         owner, url = row
         # A job reaches ``completed`` once (every finish is guarded), so it is counted once however often it ran.
         outcome = ("jobs_completed" if error is None else
-                   "jobs_cancelled" if error_type == ERROR_TYPE_CANCELLED else "jobs_failed")
-        images = len((result or {}).get("images") or []) if error is None else 0
+                   "jobs_cancelled" if error_type == ErrorType.CLIENT_CANCELLED else "jobs_failed")
+        images = len(result.images) if result is not None and error is None else 0
         self._count_usage(conn, owner, now, **{outcome: 1}, images=images,
                           inference_seconds=float(inference_time or 0.0))
         if url:

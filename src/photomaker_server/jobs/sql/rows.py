@@ -8,6 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ...contract.errors import ErrorType
+from ...contract.result import StoredOutput
+from ...contract.stored import StoredRequest
 from ..records import Delivery, Job, JobStatus, LogLine, WorkerInfo
 
 
@@ -21,7 +24,7 @@ def to_job(row: sa.Row[Any]) -> Job:
         id=m["id"],
         owner=m["owner"],
         app=m["app"],
-        input=json.loads(m["input"]) if "input" in m else None,
+        input=StoredRequest.model_validate_json(m["input"]) if "input" in m else None,
         status=JobStatus(m["status"]),
         priority=m["priority"],
         created_at=m["created_at"],
@@ -33,9 +36,9 @@ def to_job(row: sa.Row[Any]) -> Job:
         lease_owner=m["lease_owner"],
         lease_expires_at=m["lease_expires_at"],
         cancel_requested=bool(m["cancel_requested"]),
-        result=None if m["result"] is None else json.loads(m["result"]),
+        result=None if m["result"] is None else StoredOutput.model_validate_json(m["result"]),
         error=m["error"],
-        error_type=m["error_type"],
+        error_type=None if m["error_type"] is None else ErrorType.of(m["error_type"]),
         inference_time=m["inference_time"],
         webhook_url=m["webhook_url"],
     )

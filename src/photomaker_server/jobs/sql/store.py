@@ -20,13 +20,14 @@ from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 
+from ...contract.errors import ErrorType
+from ...contract.result import StoredOutput
+from ...contract.stored import StoredRequest
 from ..records import (
     CANCELLED_ERROR,
-    ERROR_TYPE_CANCELLED,
-    ERROR_TYPE_REQUEST_TIMEOUT,
-    ERROR_TYPE_RUNNER,
     RELEASED_MESSAGE,
     REQUEST_TIMEOUT_ERROR,
     CancelOutcome,
@@ -44,7 +45,7 @@ from .cluster import ClusterMixin
 from .keys import KeysMixin
 from .outbox import OutboxMixin
 from .quota import QuotaMixin
-from .rows import chunks, dumps, to_job, to_log_line
+from .rows import chunks, to_job, to_log_line
 from .schema import WITHOUT_INPUT, job_logs, jobs, webhook_deliveries, workers
 from .statements import (
     ADMISSION,
@@ -105,7 +106,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         self,
         owner: str,
         app: str,
-        input: dict[str, Any],
+        input: StoredRequest,
         *,
         priority: str | int = "normal",
         start_deadline: float | None = None,
@@ -126,7 +127,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
             raise ValueError("max_attempts must be at least 1")
         now = self._clock()
         job_id = str(uuid.uuid4())
-        values = {"id": job_id, "owner": owner, "app": app, "input": dumps(input), "status": _QUEUED,
+        values = {"id": job_id, "owner": owner, "app": app, "input": input.to_json(), "status": _QUEUED,
                   "priority": prio, "created_at": now, "start_deadline": start_deadline, "attempts": 0,
                   "max_attempts": max_attempts, "cancel_requested": False, "webhook_url": webhook_url or None}
         with self._write() as conn:
@@ -226,11 +227,24 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         skip: list[str] = []
         while True:
             try:
-                return self._claim_once(worker_id, lease_seconds, skip)
+                row = self._claim_once(worker_id, lease_seconds, skip)
             except _OverLimit as over:  # rolled back; rare: two claims for one limited key at once
                 skip.append(over.owner)
+                continue
+            if row is None:
+                return None
+            try:  # after the commit: a row that cannot be read must not block the queue by rolling back its claim
+                return to_job(row)
+            except ValidationError as exc:
+                self._unreadable(row.id, worker_id, exc)
 
-    def _claim_once(self, worker_id: str, lease_seconds: float, skip: list[str]) -> Job | None:
+    def _unreadable(self, job_id: str, worker_id: str, exc: ValidationError) -> None:
+        """Fail a claimed job whose stored request does not read as a ``StoredRequest`` (a row damaged by hand,
+        or written by another program): no worker could ever run it."""
+        log.error("job %s: its stored request cannot be read (%s); failing it", job_id, exc)
+        self.fail(job_id, worker_id, "The stored request cannot be read by this server", ErrorType.INTERNAL_ERROR)
+
+    def _claim_once(self, worker_id: str, lease_seconds: float, skip: list[str]) -> sa.Row[Any] | None:
         now = self._clock()
         with self._write() as conn:
             if abs(now - self._housekept_at) >= CLAIM_HOUSEKEEPING_S:
@@ -251,7 +265,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
             if postgres and row.key_limit is not None:
                 self._check_concurrency(conn, row.owner, row.key_limit)
             self._notify(job_topic(row.id))
-            return to_job(row)
+            return row
 
     def _check_concurrency(self, conn: Connection, owner: str, limit: int) -> None:
         """PostgreSQL: claims in other transactions are invisible to the claim's own check of ``max_concurrent``,
@@ -278,7 +292,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         self,
         job_id: str,
         worker_id: str,
-        result: dict[str, Any],
+        result: StoredOutput,
         inference_time: float | None = None,
         last_log: str | None = None,
         logs: Sequence[tuple[str, str]] = (),
@@ -298,7 +312,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                     self._insert_log(conn, job_id, message, level, now)
             return done
 
-    def fail(self, job_id: str, worker_id: str, error: str, error_type: str) -> bool:
+    def fail(self, job_id: str, worker_id: str, error: str, error_type: ErrorType) -> bool:
         """Record failure (or a cancellation the worker acted on: ``CANCELLED_ERROR``/``client_cancelled``)."""
         now = self._clock()
         with self._write() as conn:
@@ -319,7 +333,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
             if cancel is None:
                 return False
             if cancel:
-                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return True
                 return False
@@ -359,7 +373,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         expired = []
         for job_id in ids:
             if self._finish(
-                conn, job_id, now, guard=guard, error=REQUEST_TIMEOUT_ERROR, error_type=ERROR_TYPE_REQUEST_TIMEOUT
+                conn, job_id, now, guard=guard, error=REQUEST_TIMEOUT_ERROR, error_type=ErrorType.REQUEST_TIMEOUT
             ):
                 self._insert_log(conn, job_id, REQUEST_TIMEOUT_ERROR, "ERROR", now)
                 expired.append(job_id)
@@ -395,12 +409,12 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                     else "is no longer registered (it exited or was killed)")
             log.warning("worker %s %s; its lease on %s expired %.0f s ago", owner, gone, job_id, now - expired_at)
             if cancel_requested:
-                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED):
+                if self._finish(conn, job_id, now, guard=guard, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     touched.append(job_id)
             elif attempts >= max_attempts:
                 message = f"The request failed {attempts} times (the worker stopped while running it)"
-                if self._finish(conn, job_id, now, guard=guard, error=message, error_type=ERROR_TYPE_RUNNER):
+                if self._finish(conn, job_id, now, guard=guard, error=message, error_type=ErrorType.RUNNER_SERVER_ERROR):
                     self._insert_log(conn, job_id, message, "ERROR", now)
                     touched.append(job_id)
             else:
@@ -508,7 +522,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
                 return CancelOutcome.ALREADY_COMPLETED
             if status == _QUEUED:
                 if self._finish(
-                    conn, job_id, now, guard=jobs.c.status == _QUEUED, error=CANCELLED_ERROR, error_type=ERROR_TYPE_CANCELLED
+                    conn, job_id, now, guard=jobs.c.status == _QUEUED, error=CANCELLED_ERROR, error_type=ErrorType.CLIENT_CANCELLED
                 ):
                     self._insert_log(conn, job_id, CANCELLED_ERROR, "WARN", now)
                     return CancelOutcome.REMOVED
@@ -540,7 +554,7 @@ class SQLJobStore(OutboxMixin, ClusterMixin, KeysMixin, QuotaMixin):
         """
         kind = sa.case(
             (jobs.c.error.is_(None), "ok"),
-            (jobs.c.error_type == ERROR_TYPE_CANCELLED, "cancelled"),
+            (jobs.c.error_type == ErrorType.CLIENT_CANCELLED, "cancelled"),
             else_="error",
         )
         with self._read() as conn:
