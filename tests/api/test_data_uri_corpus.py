@@ -153,5 +153,5 @@ def test_the_same_data_uri_named_six_times_is_decoded_and_stored_once(client, mo
     assert response.status_code == 200, response.text
     assert len(decoded) == 2 and len(stored_files(client)) == 2  # the archive once, GOOD once
     job = client.app.state.ctx.store.get(response.json()["request_id"])
-    urls, archive_url = job.input["image_urls"], job.input["image_archive_url"]
+    urls, archive_url = job.input.image_urls, job.input.image_archive_url
     assert [urls[i] for i in (0, 1, 2, 4)] == [archive_url] * 4 and urls[3] != archive_url
