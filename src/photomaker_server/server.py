@@ -7,7 +7,7 @@ running comes back when its lease expires.
 Shutdown (SIGTERM or SIGINT, to this process alone or to the whole group): first POSTs get 503 and ``/ready`` 503
 (:mod:`.api.draining`), then the worker is told to stop, so it claims nothing more; it finishes its job within
 ``shutdown_grace_s`` or hands it back to the queue; only once it has exited does the HTTP server close its listener.
-The worker never outlives this process: it dies with it (see :mod:`.worker.shutdown`).
+The worker never outlives this process: it dies with it (see :mod:`.worker.shutdown` and :mod:`.worker.main`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class WorkerSupervisor:
         self.restarts = 0
 
     def _spawn(self) -> bool:
-        from .worker.shutdown import spawned_worker_main
+        from .worker.main import spawned_worker_main
 
         with self._lock:
             if self._stop.is_set():
