@@ -151,7 +151,7 @@ def test_the_next_job_is_read_while_the_device_is_busy_and_follows_at_once(runni
     w.engine.let(1)
     assert w.engine.next_started() == 2
     on_device = time.monotonic()
-    assert w.store.get(first).succeeded
+    wait_for(lambda: w.store.get(first).succeeded, what="job 1 stored")  # stored while job 2 is on the device
     read_second = [t for job_id, t in w.read if job_id == second]
     assert len(read_second) == 1 and read_second[0] < let_go, "job 2's inputs were read before job 1 finished"
     assert on_device - let_go < 2.0

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..contract.request import PhotoMakerInput
@@ -38,6 +38,7 @@ from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.base import StorageUnavailable
 from .feed import Claimed, ClaimLoop, InlineFeed, PrefetchFeed
+from .finisher import Finisher
 from .job_inputs import JobError, LoadedJob, load_job_inputs
 from .job_run import JobRun
 from .registry import HEARTBEAT_S, WorkerCounters
@@ -50,6 +51,15 @@ REGISTRY_DEBOUNCE_S = 0.05
 FINISH_RETRY_S = 0.5
 #: A stopping worker waits at most this long for a prefetched job's log lines before handing it back.
 HAND_BACK_FLUSH_S = 2.0
+
+
+@dataclass
+class Inference:
+    """A job's inference, done: what remains is storing its images and completing it."""
+
+    result: Any  # engine.service.GenerationResult (the engine, and torch, are imported once the worker loads it)
+    seconds: float
+    loaded: LoadedJob
 
 
 class Worker:
@@ -65,6 +75,8 @@ class Worker:
         self.engine = engine
         self.load_error: str | None = None
         self.shutdown = StopRequest(settings.shutdown_grace_s)
+        #: Stores finished jobs' outcomes while the device runs the next job (with prefetching; else inline).
+        self.finisher: Finisher | None = None
         #: Set once shutdown has begun: claim no new job (the one in hand may finish within the grace period).
         self.stop = self.shutdown.stopping
         #: Set when ``run`` returns: the heartbeat runs until then (a stopping worker may still hold a job).
@@ -143,6 +155,7 @@ class Worker:
                 claims = ClaimLoop(self, work)
                 depth = self.settings.prefetch_depth
                 feed = PrefetchFeed(self, claims, depth) if depth > 0 else InlineFeed(self, claims)
+                self.finisher = Finisher() if depth > 0 else None
                 while not self.stop.is_set():
                     try:
                         claimed = feed.next()
@@ -165,6 +178,8 @@ class Worker:
             self.stop.set()
             if feed is not None:
                 feed.close()  # prefetched jobs go back to the queue
+            if self.finisher is not None:
+                self.finisher.close()  # the outcomes of jobs already run are stored
             self._exited.set()
             self._beat_now.set()  # the heartbeat thread ends now rather than at its next beat
             heartbeat.join(timeout=10)  # a beat in flight must not write the entry back after its removal
@@ -253,26 +268,43 @@ class Worker:
         self.run_claimed(claimed)
 
     def run_claimed(self, claimed: Claimed) -> None:
-        """The device half of a job (its inputs are read): inference, outputs stored, the job completed."""
+        """The device half of a job (its inputs are read): inference; then its outputs are stored and the job
+        completed, on the finisher thread when there is one (the device goes on with the next job meanwhile)."""
         job, run = claimed.job, claimed.run
         if self.must_not_run(claimed, waiting=False):
             self.settle(claimed, waiting=False)
             return
         try:
+            assert claimed.loaded is not None
+            done = self._generate(job, run, claimed.loaded)
+        except Exception as exc:  # noqa: BLE001 — every failure becomes a COMPLETED-with-error, never a crash
             try:
-                assert claimed.loaded is not None
-                result, inference_time = self._generate(job, run, claimed.loaded)
-            except Exception as exc:  # noqa: BLE001 — every failure becomes a COMPLETED-with-error, never a crash
                 self._fail(job, run, exc)
-                return
+            finally:
+                run.__exit__(None, None, None)
+            return
+        if self.finisher is not None:
+            self.finisher.submit(lambda: self._complete(claimed, done))
+        else:
+            self._complete(claimed, done)
+
+    def _complete(self, claimed: Claimed, done: Inference) -> None:
+        """Store a job's images and complete it (or fail it, when its images cannot be stored)."""
+        job, run = claimed.job, claimed.run
+        try:
             if run.lease_lost.is_set():
+                return
+            try:
+                result = self._store_outputs(job, done)
+            except Exception as exc:  # noqa: BLE001 - e.g. the file storage is unreachable
+                self._fail(job, run, exc)
                 return
             # Every line is stored by the time the status flips: clients (and the SSE stream) stop reading logs at
             # COMPLETED, so a line written after it would be missed. Those not yet written, and the last one, go in
             # the completing transaction.
             pending = run.take_pending()
             self._finish(job, run, "result", lambda: self.store.complete(
-                job.id, self.worker_id, result, inference_time, last_log="Completed", logs=pending))
+                job.id, self.worker_id, result, round(done.seconds, 4), last_log="Completed", logs=pending))
         finally:
             run.__exit__(None, None, None)
 
@@ -305,7 +337,7 @@ class Worker:
         except StoreUnavailable:
             return None
 
-    def _generate(self, job: Job, run: JobRun, loaded: LoadedJob) -> tuple[dict[str, Any], float]:
+    def _generate(self, job: Job, run: JobRun, loaded: LoadedJob) -> Inference:
         from ..engine.errors import InvalidRequest
         from ..engine.service import GenerationRequest
 
@@ -337,17 +369,19 @@ class Worker:
         run.hold_lines()  # what is logged from here on is stored with the job's result
         self.counters.id_cache_hits, self.counters.id_cache_misses = self.engine.id_cache.hits, self.engine.id_cache.misses
         self.info = replace(self.info, loaded_bases=self.engine.loaded_bases())
+        return Inference(result, inference_time, loaded)
 
+    def _store_outputs(self, job: Job, done: Inference) -> dict[str, Any]:
+        result, request = done.result, done.loaded.request
         images = [self._deliver(job, i, image, request, result.demo_model) for i, image in enumerate(result.images)]
-        output = StoredOutput(
+        return StoredOutput(
             images=images,
             seed=result.seed,
             prompt=result.prompt,
-            timings={**result.timings, "inputs": round(loaded.seconds, 4), "inference": round(inference_time, 4)},
+            timings={**result.timings, "inputs": round(done.loaded.seconds, 4), "inference": round(done.seconds, 4)},
             demo_model=result.demo_model,
             demo_warning=DEMO_WARNING if result.demo_model else None,
-        )
-        return output.to_json(), round(inference_time, 4)
+        ).to_json()
 
     def _deliver(self, job: Job, index: int, image, request: PhotoMakerInput, demo: bool) -> StoredImage:  # noqa: ANN001
         data, content_type = encode_image(image, request.output_format, DEMO_WARNING if demo else None)
