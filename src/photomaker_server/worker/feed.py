@@ -177,7 +177,9 @@ class PrefetchFeed:
                         self._watch()
                         continue
                     job = self.claims.claim()
-                    if job is not None:
+                    if job is not None and self.worker.stop.is_set():  # the stop came while claiming: never started
+                        self.worker.release(job)
+                    elif job is not None:
                         self._prepare(job)
                 except StoreUnavailable:  # logged once per outage by the store; the leases are kept through it
                     self.worker.stop.wait(1.0)
