@@ -280,3 +280,15 @@ def test_the_lease_of_a_prefetched_job_is_renewed_while_it_waits(running):
     w.engine.let(1, 2)
     wait_for(lambda: w.store.get(second).succeeded, what="job 2")
     assert w.store.get(second).attempts == 1
+
+
+def test_a_depth_of_2_holds_two_jobs_ahead_and_no_more(running):
+    w = running(prefetch_depth=2)
+    ids = [w.submit(seed) for seed in (1, 2, 3, 4)]
+    assert w.engine.next_started() == 1
+    wait_for(lambda: {job_id for job_id, _ in w.read} >= set(ids[1:3]), what="jobs 2 and 3 read")
+    time.sleep(0.3)
+    assert [w.store.get(i).status for i in ids] == [JobStatus.RUNNING] * 3 + [JobStatus.QUEUED]
+    w.engine.let(1, 2, 3, 4)
+    wait_for(lambda: w.store.get(ids[3]).succeeded, what="job 4")
+    assert w.engine.seen == [1, 2, 3, 4]

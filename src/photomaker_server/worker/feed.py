@@ -173,8 +173,10 @@ class PrefetchFeed:
         try:
             while not self.worker.stop.is_set():
                 try:
+                    self._settle_due()
                     if self._full():
-                        self._watch()
+                        with self._cond:
+                            self._cond.wait(WATCH_S)  # a place comes free when the device takes a job
                         continue
                     job = self.claims.claim()
                     if job is not None and self.worker.stop.is_set():  # the stop came while claiming: never started
@@ -210,11 +212,10 @@ class PrefetchFeed:
             self._slots.remove(slot)
         self.worker.settle(claimed, waiting=False)  # fails with its input error; the device's job goes on
 
-    def _watch(self) -> None:
-        """Wait a moment for a free place; settle the ready jobs that must not run (cancelled, lease lost, start
-        deadline passed while waiting for the device)."""
+    def _settle_due(self) -> None:
+        """Settle the ready jobs that must not run: cancelled, lease lost, or start deadline passed while they
+        waited for the device."""
         with self._cond:
-            self._cond.wait(WATCH_S)
             due = [s for s in self._slots if s.state == "ready" and self.worker.must_not_run(s.claimed, waiting=True)]
             for slot in due:
                 slot.state = "settled"
