@@ -55,10 +55,15 @@ def faces() -> list[Image.Image]:
 @pytest.fixture(scope="session")
 def live_server(tiny_root, tmp_path_factory):
     """One shared ``photomaker serve --tiny`` for the HTTP, client and browser tests (keys: live_server.API_KEY,
-    live_server.OTHER_KEY). Tests that restart or kill a server make their own LiveServer."""
+    live_server.OTHER_KEY). Tests that restart or kill a server make their own LiveServer.
+
+    Its worker does not prefetch: these tests watch requests wait in the queue (``IN_QUEUE``, queue positions,
+    cancelling a queued request) behind a busy worker, which would otherwise claim the next one at once. Prefetching
+    (the default, depth 1) has tests of its own (``service/test_worker_prefetch.py``) and runs in the servers that
+    ``service/test_shutdown.py`` and ``service/test_durability.py`` make."""
     from live_server import LiveServer
 
-    server = LiveServer(tmp_path_factory.mktemp("server"), tiny_root).start()
+    server = LiveServer(tmp_path_factory.mktemp("server"), tiny_root, env={"PHOTOMAKER_PREFETCH_DEPTH": "0"}).start()
     yield server
     server.stop()
 

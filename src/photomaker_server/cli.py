@@ -68,7 +68,7 @@ def _run(argv: list[str] | None) -> int:
             return serve(settings, run_worker=not args.no_worker, api_processes=settings.api_processes)
         if args.command == "worker":
             from .server import with_demo_fallback
-            from .worker.process import run_worker
+            from .worker.main import run_worker
 
             run_worker(with_demo_fallback(settings_from_args(args)))
             return 0

@@ -31,7 +31,7 @@ SETTINGS_FLAGS = (
     "data_dir", "host", "port", "public_base_url", "tiny", "base_model", "style_base_model", "photomaker_checkpoint",
     "photomaker_v2_checkpoint", "face_model", "default_version", "enable_v2",
     "device", "trigger_word", "tls", "tls_cert", "tls_key", "demo_fallback", "log_format", "fetch_allow",
-    "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s", "api_processes",
+    "max_request_bytes", "database_url", "storage_url", "shutdown_grace_s", "api_processes", "prefetch_depth",
 )
 
 #: fal field → the flag that sets it, so that validation errors name what the user typed.
@@ -172,6 +172,22 @@ def add_shutdown_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=_seconds, metavar="SECONDS",
                         help=f"on SIGTERM/SIGINT, how long the running job may take to finish before it goes back to "
                              f"the queue (default: {_setting('shutdown_grace_s')}; env PHOTOMAKER_SHUTDOWN_GRACE_S)")
+
+
+def add_prefetch_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefetch-depth", dest="prefetch_depth", type=_depth, metavar="N",
+                        help=f"jobs the worker claims ahead of the one on its device, reading their inputs meanwhile "
+                             f"(0: off; default: {_setting('prefetch_depth')}; env PHOTOMAKER_PREFETCH_DEPTH)")
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be 0 to 8, not {value}")
+    return value
 
 
 def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
@@ -318,11 +334,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                        help=f"largest request body accepted, answered 413 beyond it "
                             f"(default: {_setting('max_request_bytes')}; env PHOTOMAKER_MAX_REQUEST_BYTES)")
     add_shutdown_flag(serve)
+    add_prefetch_flag(serve)
     add_deployment_flags(serve)
     add_model_flags(serve)
 
     worker = command("worker", "run a GPU worker: claims jobs from the job database (no HTTP)")
     add_shutdown_flag(worker)
+    add_prefetch_flag(worker)
     add_deployment_flags(worker)
     add_model_flags(worker)
 

@@ -7,8 +7,9 @@ running comes back when its lease expires.
 Shutdown (SIGTERM or SIGINT, to this process alone or to the whole group): first POSTs get 503 and ``/ready`` 503
 (:mod:`.api.draining`), then the worker is told to stop, so it claims nothing more; it finishes its job within
 ``shutdown_grace_s`` or hands it back to the queue; only once it has exited does the HTTP server close its listener.
-The worker never outlives this process: it dies with it (see :mod:`.worker.shutdown`). The supervision itself (the
-worker child's restarts, the order of a stop) is :mod:`.supervision`; this module wires it to uvicorn.
+The worker never outlives this process: it dies with it (see :mod:`.worker.shutdown` and :mod:`.worker.main`).
+The supervision itself (the worker child's restarts, the order of a stop) is :mod:`.supervision`; this module
+wires it to uvicorn.
 """
 
 from __future__ import annotations

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     result_ttl_hours: float = 24.0 * 7
     webhook_max_attempts: int = 10
 
+    #: Jobs a worker claims ahead of the one on its device, reading their inputs meanwhile, so that consecutive
+    #: jobs run back to back (0: claim the next job only when the device is free). A prefetched job holds a lease
+    #: like any claim; with several workers and a short queue it may wait for a busy worker while another is idle.
+    prefetch_depth: int = Field(default=1, ge=0, le=8)
+
     # --- shutdown -----------------------------------------------------------------------------------
     #: On SIGTERM/SIGINT a worker gets this long to finish the job in hand; past it the job goes back to the queue
     #: at once (another worker, or this one after a restart, runs it from the start). 60 s covers a 50-step

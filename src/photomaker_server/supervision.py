@@ -44,7 +44,7 @@ class WorkerSupervisor:
         self.restarts = 0
 
     def _spawn(self) -> bool:
-        from .worker.shutdown import spawned_worker_main
+        from .worker.main import spawned_worker_main
 
         with self._lock:
             if self._stop.is_set():

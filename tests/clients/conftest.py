@@ -32,7 +32,8 @@ def tls_server(tiny_root, tmp_path_factory):
     # The certificate is what the server would make on its own start (same function, same place); made first so
     # that LiveServer's readiness probe, which verifies against it, has it from the first try.
     ensure_tls(Settings(data_dir=data_dir, tls=True))
-    server = LiveServer(data_dir, tiny_root, tls=True).start()
+    # No prefetching: the client tests watch a request wait in the queue behind a busy worker (see tests/conftest.py).
+    server = LiveServer(data_dir, tiny_root, tls=True, env={"PHOTOMAKER_PREFETCH_DEPTH": "0"}).start()
     yield server
     server.stop()
 

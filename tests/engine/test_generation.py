@@ -253,3 +253,25 @@ def test_lora_is_loaded_and_fused(engine, tiny_locations):
     with_adapter = forward(sdxl.unet)
     assert (with_adapter - without).abs().max() > 1e-3, "the LoRA had no effect"
     assert torch.allclose(forward(fused_unet), with_adapter, atol=1e-4)
+
+
+def test_denoising_is_announced_after_the_prompt_and_id_encoding(engine, faces, monkeypatch):
+    """``on_denoise_start`` comes once, after every encoder ran and before step 1: whoever times steps from it
+    does not charge prompt or ID encoding to the first step."""
+    from photomaker_server.engine.pipeline import PhotoMakerPipeline
+
+    events: list[str] = []
+    for name in ("encode_token_ids", "embed_id_images"):
+        original = getattr(PhotoMakerPipeline, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            events.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(PhotoMakerPipeline, name, spy)
+    request = GenerationRequest(GenerationOptions(prompt="a photo of a man img", num_inference_steps=3,
+                                                  image_size=SMALL, seed=1, style="(No style)"), list(faces[:1]))
+    engine.generate(request, on_step=lambda i, n: events.append(f"step {i}"),
+                    on_denoise_start=lambda: events.append("denoise"))
+    assert events.count("denoise") == 1 and events[-4:] == ["denoise", "step 1", "step 2", "step 3"], events
+    assert {"encode_token_ids", "embed_id_images"} <= set(events[:-4]), events

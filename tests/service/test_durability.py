@@ -82,6 +82,27 @@ def test_worker_killed_mid_job_is_restarted_and_the_job_retried(tiny_root, tmp_p
         server.stop()
 
 
+def test_a_worker_killed_with_a_prefetched_job_loses_neither(tiny_root, tmp_path):
+    """kill -9 of a worker holding the job on its device and the next one (prefetched: claimed, inputs read): both
+    leases run out, both jobs are requeued and run by the restarted worker."""
+    server = LiveServer(tmp_path / "data", tiny_root).start()
+    try:
+        api = Api(server)
+        running = api.long_job(60, seed=3)
+        prefetched = api.submit(small(seed=4))
+        assert api.wait_for_log(running, "Step ")["status"] == "IN_PROGRESS"
+        body = api.wait_for_log(prefetched, "Started on worker")  # claimed while the other is on the device
+        assert body["status"] == "IN_PROGRESS" and not any(m.startswith("Step ") for m in messages(body)), body
+        os.kill(_worker_pid(server), signal.SIGKILL)
+        for request_id in (running, prefetched):
+            final = api.wait(request_id, timeout=120)
+            assert final.get("error") is None, final
+            lines = messages(final)
+            assert "Worker lost; retrying (attempt 2 of 3)" in lines and lines[-1] == "Completed", lines
+    finally:
+        server.stop()
+
+
 def test_server_killed_with_jobs_queued_loses_nothing(tiny_root, tmp_path):
     first = LiveServer(tmp_path / "data", tiny_root).start()
     try:

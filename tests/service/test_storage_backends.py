@@ -120,9 +120,10 @@ def test_a_job_whose_output_cannot_be_stored_fails_with_the_reason(tmp_path, mon
     job = worker.store.submit("owner", APP_ID, stored_request())
     claimed = worker.store.claim(worker.worker_id, 30)
 
-    def unstorable(job, run):  # noqa: ANN001, ANN202
+    def unstorable(job, run, loaded):  # noqa: ANN001, ANN202
         raise StorageUnavailable("Object storage unreachable for storing a file (bucket 'b' at http://s3:1)")
 
+    monkeypatch.setattr(worker, "read_inputs", lambda claimed: setattr(claimed, "loaded", object()))
     monkeypatch.setattr(worker, "_generate", unstorable)
     worker.process(claimed)
     failed = worker.store.get(job.id)

@@ -95,8 +95,11 @@ class PhotoMakerPipeline:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
         face_embeds: Sequence[np.ndarray] | None = None,
+        on_denoise_start: Callable[[], None] | None = None,
     ) -> PipelineOutput:
-        """``face_embeds``: v2 only, one raw face embedding per photo (``faces.FaceAnalyzer``), in photo order."""
+        """``face_embeds``: v2 only, one raw face embedding per photo (``faces.FaceAnalyzer``), in photo order.
+        ``on_denoise_start()``: called once the prompts and ID photos are encoded, just before the first step (step
+        times start there: a step's time is the UNet and scheduler, not the encoders)."""
         timer = _Timer(self.device)
 
         # 1-2. Prompts: the ID path (class word × N × tokens per photo), the text-only path and the negative side
@@ -128,6 +131,8 @@ class PhotoMakerPipeline:
         time_ids = self._add_time_ids(width, height).repeat(2 * num_images, 1)
         uncond_hidden, uncond_pooled = negative.hidden.repeat(num_images, 1, 1), negative.pooled.repeat(num_images, 1)
         total = len(timesteps)
+        if on_denoise_start is not None:
+            on_denoise_start()
         for i, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled(f"cancelled before step {i + 1}/{total}")

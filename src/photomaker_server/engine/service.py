@@ -287,7 +287,10 @@ class Engine:
         on_log: LogCallback | None = None,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_denoise_start: Callable[[], None] | None = None,
     ) -> GenerationResult:
+        """``on_step(i, n)`` after each denoising step; ``on_denoise_start()`` once before the first, after the
+        prompt and ID encoding (so a caller timing steps does not charge the encoders to step 1)."""
         started = time.perf_counter()
         # Validated once by whoever built them (the API at submit, with the deployment's rules; the CLI; a library
         # caller constructing GenerationOptions): the engine runs on them as they are.
@@ -330,6 +333,7 @@ class Engine:
             on_step=on_step,
             should_cancel=should_cancel,
             face_embeds=face_embeds,
+            on_denoise_start=on_denoise_start,
         )
         faces = {"face_analysis": face_time} if face_time is not None else {}
         timings = {"load": round(load_time, 4), **faces, **output.timings,

@@ -89,14 +89,18 @@ class JobRun:
         with self._state:
             self._held = True
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Wait until every line logged so far is in the store (before the job's status changes), or the lease is
-        lost (they are dropped then)."""
+        lost (they are dropped then), or ``timeout`` seconds have passed."""
+        end = None if timeout is None else time.monotonic() + timeout
         with self._state:
             self._held = False
             self._state.notify_all()
             while (self._writing or self._pending) and not self.lease_lost.is_set():
-                self._state.wait(LOG_RETRY_S)
+                left = LOG_RETRY_S if end is None else min(LOG_RETRY_S, end - time.monotonic())
+                if left <= 0:
+                    return
+                self._state.wait(left)
 
     def take_pending(self) -> list[tuple[str, str]]:
         """Wait for the write in flight, then hand over the lines not yet written (``(message, level)``, in order):
@@ -152,6 +156,14 @@ class JobRun:
         self.lease_lost.set()
         log.warning("job %s: this worker (%s) no longer holds its lease (%s); stopping the run and writing nothing "
                     "more for it: the job is the lease holder's now", self.job.id, self.worker_id, why)
+        with self._state:
+            self._pending.clear()
+            self._state.notify_all()
+
+    def handed_back(self) -> None:
+        """The job went back to the queue (``JobStore.release``): write nothing more for it. Unlike :meth:`fence`
+        this is no surprise, so nothing is said."""
+        self.lease_lost.set()
         with self._state:
             self._pending.clear()
             self._state.notify_all()

@@ -1,58 +1,67 @@
 """The GPU worker: claims jobs from the job database, runs the engine, stores the outputs.
 
 It runs in its own process (spawned by ``photomaker serve``, or ``photomaker worker`` on any machine that reaches
-the job database and the file storage), loads the model once and keeps it resident. It sleeps until a ``work``
-wake-up (LISTEN/NOTIFY on PostgreSQL), writes its state and counters to the worker registry every few seconds, and
-while a job runs a thread renews the job's lease and picks up cancellation requests; if this process dies, the
-lease runs out and the job is run again elsewhere.
-On SIGTERM/SIGINT it claims nothing more, gives the job in hand ``shutdown_grace_s`` to finish, and past that hands
-it back to the queue at once (see :mod:`.shutdown`).
+the job database and the file storage; the process is put together in :mod:`.main`), loads the model once and
+keeps it resident. It sleeps until a ``work`` wake-up (LISTEN/NOTIFY on PostgreSQL), writes its state and counters
+to the worker registry every few seconds, and while a job is held a thread renews the job's lease and picks up
+cancellation requests; if this process dies, the lease runs out and the job is run again elsewhere.
+While a job is on the device, the next one is claimed and its inputs read (``prefetch_depth``, :mod:`.feed`).
+On SIGTERM/SIGINT it claims nothing more, hands a prefetched job back at once, gives the job on the device
+``shutdown_grace_s`` to finish, and past that hands it back to the queue too (see :mod:`.shutdown`).
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL.Image import Image
-
-from ..deployment import open_deployment
 from ..contract.errors import ErrorType
 from ..contract.files import FileRef
+from ..contract.notices import DEMO_WARNING
 from ..contract.result import StoredImage, StoredOutput
 from ..contract.stored import StoredRequest
-from ..contract.notices import DEMO_WARNING
+from ..deployment import open_deployment
 from ..inputs.errors import InputError
-from ..inputs.resolve import InputLoader, NamedPhoto
-from ..jobs.records import CANCELLED_ERROR, Job, JobStatus, StoreUnavailable, WorkerInfo
-from ..logs import configure_logging
+from ..inputs.resolve import InputLoader
+from ..jobs.records import (
+    CANCELLED_ERROR, REQUEST_TIMEOUT_ERROR, Job, JobStatus, LeaseLost, StoreUnavailable,
+    WorkerInfo,
+)
 from ..outputs import EXTENSIONS, encode_image
 from ..settings import Settings
 from ..storage.base import StorageUnavailable
+from .feed import Claimed, ClaimLoop, InlineFeed, PrefetchFeed
+from .finisher import Finisher
+from .job_inputs import JobError, LoadedJob, load_job_inputs
 from .job_run import JobRun
 from ..jobs.worker_registry import HEARTBEAT_S, WorkerCounters
-from .shutdown import StopRequest, install_stop_handlers, watch_parent
+from .shutdown import StopRequest
 
 log = logging.getLogger(__name__)
-#: An idle worker sleeps until a ``work`` wake-up (a submit, a requeue). Wake-ups are best-effort, so it also looks
-#: at the queue after this long; and it checks for a stop request this often while it waits.
-IDLE_RECHECK_S = 2.0
-STOP_CHECK_S = 0.2
 #: A registry change (the job in hand) is written this long after it happened, together with any that follow.
 REGISTRY_DEBOUNCE_S = 0.05
 #: While the job database is unreachable, how often a finished job's outcome is offered again.
 FINISH_RETRY_S = 0.5
+#: A stopping worker waits at most this long for a prefetched job's log lines before handing it back.
+HAND_BACK_FLUSH_S = 2.0
+
+
+@dataclass
+class Inference:
+    """A job's inference, done: what remains is storing its images and completing it."""
+
+    result: Any  # engine.service.GenerationResult (the engine, and torch, are imported once the worker loads it)
+    seconds: float
+    loaded: LoadedJob
 
 
 class Worker:
@@ -68,6 +77,8 @@ class Worker:
         self.engine = engine
         self.load_error: str | None = None
         self.shutdown = StopRequest(settings.shutdown_grace_s)
+        #: Stores finished jobs' outcomes while the device runs the next job (with prefetching; else inline).
+        self.finisher: Finisher | None = None
         #: Set once shutdown has begun: claim no new job (the one in hand may finish within the grace period).
         self.stop = self.shutdown.stopping
         #: Set when ``run`` returns: the heartbeat runs until then (a stopping worker may still hold a job).
@@ -139,26 +150,25 @@ class Worker:
         heartbeat.start()
         # Back from an outage: say so in the registry now (``/ready``), not at the next beat.
         self.store.health.on_reconnect(self._beat_now.set)
+        feed: InlineFeed | PrefetchFeed | None = None
         try:
             with self.deployment.wakeups.subscribe("work") as work:  # before the first look: no submit is missed
                 self.load()
-                woken = False
+                claims = ClaimLoop(self, work)
+                depth = self.settings.prefetch_depth
+                feed = PrefetchFeed(self, claims, depth) if depth > 0 else InlineFeed(self, claims)
+                self.finisher = Finisher() if depth > 0 else None
                 while not self.stop.is_set():
                     try:
-                        # After a `work` wake-up a job is almost surely there: claim at once. Otherwise look first
-                        # with a read (on SQLite a claim takes the database's write lock, even when it finds nothing).
-                        runnable = woken or self.store.has_work()
-                        job = self.store.claim(self.worker_id, self.settings.lease_seconds) if runnable else None
-                        if job is None:
-                            woken = self._idle(work)
+                        claimed = feed.next()
+                        if claimed is None:
                             continue
-                        woken = False
-                        if self.stop.is_set():  # the stop came while claiming: this job was never started
-                            self._release(job)
+                        if self.stop.is_set():  # the stop came while it was on its way: it never started
+                            self.hand_back(claimed)
                             break
-                        self._update_soon(current_job=job.id)
+                        self._update_soon(current_job=claimed.job.id)
                         try:
-                            self.process(job)
+                            self.run_claimed(claimed)
                         finally:
                             self._update_soon(current_job=None)
                     except StoreUnavailable:  # logged once per outage by the store: keep the model, try again
@@ -168,6 +178,10 @@ class Worker:
                         self.stop.wait(1.0)
         finally:
             self.stop.set()
+            if feed is not None:
+                feed.close()  # prefetched jobs go back to the queue
+            if self.finisher is not None:
+                self.finisher.close()  # the outcomes of jobs already run are stored
             self._exited.set()
             self._beat_now.set()  # the heartbeat thread ends now rather than at its next beat
             heartbeat.join(timeout=10)  # a beat in flight must not write the entry back after its removal
@@ -178,38 +192,123 @@ class Worker:
             self.deployment.close()
             log.info("worker %s stopped", self.worker_id)
 
-    def _idle(self, work) -> bool:  # noqa: ANN001 (a wakeups Subscription)
-        """Sleep until a ``work`` wake-up (True), a stop request, or ``IDLE_RECHECK_S`` (wake-ups are best-effort)."""
-        deadline = time.monotonic() + IDLE_RECHECK_S
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if work.wait(STOP_CHECK_S):
-                return True
-        return False
+    # --- a job's way to the device (called by the feed, perhaps from its prefetch thread) --------------------
+    def claim(self) -> Job | None:
+        return self.store.claim(self.worker_id, self.settings.lease_seconds)
 
-    def _release(self, job: Job) -> None:
+    def release(self, job: Job) -> None:
+        """Hand a job back to the queue (this worker is stopping); its attempt does not count."""
         if self.store.release(job.id, self.worker_id):
             log.info("handed %s back to the queue (worker stopping)", job.id)
 
+    def begin(self, job: Job) -> Claimed:
+        """Start a claimed job's run: from here its lease is renewed and its cancellation watched."""
+        run = JobRun(self.store, job, self.worker_id, self.settings.lease_seconds).__enter__()
+        attempt = f" (attempt {job.attempts} of {job.max_attempts})" if job.attempts > 1 else ""
+        run.log(f"Started on worker {self.worker_id}{attempt}")
+        if self.settings.tiny:
+            run.log("This server runs the random-weight demo model: images are noise and resemble no one", "WARN")
+        return Claimed(job, run)
+
+    def read_inputs(self, claimed: Claimed) -> None:
+        """Read the job's request and inputs (the CPU half of a job); a failure is kept for :meth:`settle`."""
+        try:
+            if self.load_error:
+                raise JobError(self.load_error, ErrorType.RUNNER_SERVER_ERROR)
+            claimed.loaded = load_job_inputs(claimed.job, self.settings, self.inputs, claimed.run.log)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a COMPLETED-with-error, never a crash
+            claimed.error = exc
+
+    def must_not_run(self, claimed: Claimed, *, waiting: bool) -> bool:
+        return self._why_not_run(claimed, waiting=waiting) is not None
+
+    def _why_not_run(self, claimed: Claimed, *, waiting: bool) -> Exception | None:
+        """Why a claimed job must not reach the device (None: it may). ``waiting``: it is ready and waits for the
+        device, so its start deadline counts as if it were still queued."""
+        from ..engine.errors import GenerationCancelled
+
+        run, job = claimed.run, claimed.job
+        if run.lease_lost.is_set():
+            return LeaseLost(job.id)
+        if claimed.error is not None:
+            return claimed.error
+        if run.cancelled.is_set():
+            return GenerationCancelled("cancelled before it started")
+        if waiting and job.start_deadline is not None and self.store.now() > job.start_deadline:
+            return JobError(REQUEST_TIMEOUT_ERROR, ErrorType.REQUEST_TIMEOUT)
+        return None
+
+    def settle(self, claimed: Claimed, *, waiting: bool) -> None:
+        """Finish a job that must not reach the device (see :meth:`_why_not_run`) and close its run."""
+        try:
+            why = self._why_not_run(claimed, waiting=waiting)
+            if why is not None and not isinstance(why, LeaseLost):  # fenced: nothing more is written for it
+                self._fail(claimed.job, claimed.run, why)
+        finally:
+            claimed.run.__exit__(None, None, None)
+
+    def hand_back(self, claimed: Claimed) -> None:
+        """Give a claimed job that has not reached the device back to the queue at once (the worker is stopping)."""
+        run = claimed.run
+        try:
+            if not run.lease_lost.is_set():
+                run.flush(timeout=HAND_BACK_FLUSH_S)  # its lines so far, before the line saying it went back
+                run.ending()
+                try:
+                    self.release(claimed.job)
+                except Exception:  # noqa: BLE001 - the database is away: the lease runs out, and the job returns
+                    log.warning("could not hand %s back to the queue; it returns when its lease expires", claimed.job.id)
+                run.handed_back()
+        finally:
+            run.__exit__(None, None, None)
+
     # --- one job --------------------------------------------------------------------------------------------
     def process(self, job: Job) -> None:
-        with JobRun(self.store, job, self.worker_id, self.settings.lease_seconds) as run:
-            attempt = f" (attempt {job.attempts} of {job.max_attempts})" if job.attempts > 1 else ""
-            run.log(f"Started on worker {self.worker_id}{attempt}")
-            if self.settings.tiny:
-                run.log("This server runs the random-weight demo model: images are noise and resemble no one", "WARN")
+        """Run a job claimed by this worker, from its inputs to its outcome."""
+        claimed = self.begin(job)
+        self.read_inputs(claimed)
+        self.run_claimed(claimed)
+
+    def run_claimed(self, claimed: Claimed) -> None:
+        """The device half of a job (its inputs are read): inference; then its outputs are stored and the job
+        completed, on the finisher thread when there is one (the device goes on with the next job meanwhile)."""
+        job, run = claimed.job, claimed.run
+        if self.must_not_run(claimed, waiting=False):
+            self.settle(claimed, waiting=False)
+            return
+        try:
+            assert claimed.loaded is not None
+            done = self._generate(job, run, claimed.loaded)
+        except Exception as exc:  # noqa: BLE001 — every failure becomes a COMPLETED-with-error, never a crash
             try:
-                result, inference_time = self._generate(job, run)
-            except Exception as exc:  # noqa: BLE001 — every failure becomes a COMPLETED-with-error, never a crash
                 self._fail(job, run, exc)
-                return
+            finally:
+                run.__exit__(None, None, None)
+            return
+        if self.finisher is not None:
+            self.finisher.submit(lambda: self._complete(claimed, done))
+        else:
+            self._complete(claimed, done)
+
+    def _complete(self, claimed: Claimed, done: Inference) -> None:
+        """Store a job's images and complete it (or fail it, when its images cannot be stored)."""
+        job, run = claimed.job, claimed.run
+        try:
             if run.lease_lost.is_set():
+                return
+            try:
+                result = self._store_outputs(job, done)
+            except Exception as exc:  # noqa: BLE001 - e.g. the file storage is unreachable
+                self._fail(job, run, exc)
                 return
             # Every line is stored by the time the status flips: clients (and the SSE stream) stop reading logs at
             # COMPLETED, so a line written after it would be missed. Those not yet written, and the last one, go in
             # the completing transaction.
             pending = run.take_pending()
             self._finish(job, run, "result", lambda: self.store.complete(
-                job.id, self.worker_id, result, inference_time, last_log="Completed", logs=pending))
+                job.id, self.worker_id, result, round(done.seconds, 4), last_log="Completed", logs=pending))
+        finally:
+            run.__exit__(None, None, None)
 
     def _finish(self, job: Job, run: JobRun, what: str, finish: Callable[[], bool]) -> None:
         """Store the job's outcome (``finish()``: complete or fail); while the database is unreachable, keep the
@@ -240,61 +339,51 @@ class Worker:
         except StoreUnavailable:
             return None
 
-    def _generate(self, job: Job, run: JobRun) -> tuple[StoredOutput, float]:
+    def _generate(self, job: Job, run: JobRun, loaded: LoadedJob) -> Inference:
         from ..engine.errors import InvalidRequest
         from ..engine.service import GenerationRequest
 
-        if self.load_error:
-            raise _JobError(self.load_error, ErrorType.RUNNER_SERVER_ERROR)
-        inputs_started = time.perf_counter()
-        request, named, initial = self.job_inputs(job, run.log)
-        photos, names = [image for _, image in named], [name for name, _ in named]
-        inputs_time = time.perf_counter() - inputs_started
+        request = loaded.request
+        # Step times start with denoising: prompt and ID encoding (and the base model's load) are not a step's.
+        step_started: list[float | None] = [None]
 
-        step_started = [time.perf_counter()]
+        def on_denoise_start() -> None:
+            step_started[0] = time.perf_counter()
 
         def on_step(i: int, n: int) -> None:
             now = time.perf_counter()
-            self.counters.observe_step(now - step_started[0])
+            if step_started[0] is not None:
+                self.counters.observe_step(now - step_started[0])
             step_started[0] = now
             run.log(f"Step {i}/{n}")
 
         started = time.perf_counter()
         try:
             result = self.engine.generate(
-                GenerationRequest(request, photos, initial, id_image_names=names),
-                on_log=run.log, on_step=on_step,
+                GenerationRequest(request, loaded.photos, loaded.initial, id_image_names=loaded.names),
+                on_log=run.log, on_step=on_step, on_denoise_start=on_denoise_start,
                 should_cancel=lambda: run.should_stop() or self.shutdown.release_due(),
             )
         except InvalidRequest as exc:
-            raise _JobError(str(exc), exc.error_type) from None
+            raise JobError(str(exc), exc.error_type) from None
         inference_time = time.perf_counter() - started
         self.counters.observe_inference(inference_time)
         run.hold_lines()  # what is logged from here on is stored with the job's result
         self.counters.id_cache_hits, self.counters.id_cache_misses = self.engine.id_cache.hits, self.engine.id_cache.misses
         self.info = replace(self.info, loaded_bases=self.engine.loaded_bases())
+        return Inference(result, inference_time, loaded)
 
+    def _store_outputs(self, job: Job, done: Inference) -> StoredOutput:
+        result, request = done.result, done.loaded.request
         images = [self._deliver(job, i, image, request, result.demo_model) for i, image in enumerate(result.images)]
-        output = StoredOutput(
+        return StoredOutput(
             images=images,
             seed=result.seed,
             prompt=result.prompt,
-            timings={**result.timings, "inputs": round(inputs_time, 4), "inference": round(inference_time, 4)},
+            timings={**result.timings, "inputs": round(done.loaded.seconds, 4), "inference": round(done.seconds, 4)},
             demo_model=result.demo_model,
             demo_warning=DEMO_WARNING if result.demo_model else None,
         )
-        return output, round(inference_time, 4)
-
-    def job_inputs(self, job: Job, log: Callable[..., None]) -> tuple[StoredRequest, list[NamedPhoto], Image | None]:
-        """A claimed job → (its request, its ID photos with their names, its initial image or None): the one step
-        between the job store and the engine. The request was validated at submit and is read as stored (no
-        deployment rule is applied again); its files are storage keys, read from storage, or outside URLs,
-        fetched."""
-        request = job.input
-        if request is None:  # a claim always loads the input; a job read without it cannot be run
-            raise _JobError("The stored request was not loaded", ErrorType.INTERNAL_ERROR)
-        named, initial = self.inputs.load_named(request, log)
-        return request, named, initial
 
     def _deliver(self, job: Job, index: int, image, request: StoredRequest, demo: bool) -> StoredImage:  # noqa: ANN001
         data, content_type = encode_image(image, request.output_format, DEMO_WARNING if demo else None)
@@ -317,11 +406,11 @@ class Worker:
         if isinstance(exc, GenerationCancelled) and not run.cancelled.is_set() and self.shutdown.release_due():
             run.flush()
             run.ending()
-            self._release(job)
+            self.release(job)
             return
         if isinstance(exc, GenerationCancelled):
             message, error_type = CANCELLED_ERROR, ErrorType.CLIENT_CANCELLED
-        elif isinstance(exc, _JobError):
+        elif isinstance(exc, JobError):
             message, error_type = str(exc), exc.error_type
         elif isinstance(exc, InputError):
             message, error_type = str(exc), ErrorType.INPUT_ERROR
@@ -335,44 +424,3 @@ class Worker:
         run.log(message, "ERROR")
         run.flush()
         self._finish(job, run, "error", lambda: self.store.fail(job.id, self.worker_id, message, error_type))
-
-
-class _JobError(Exception):
-    def __init__(self, message: str, error_type: ErrorType) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-
-
-#: Waits between tries when the job database cannot be reached at start-up.
-START_BACKOFF_S = (1, 2, 5, 10, 30)
-
-
-def _open_worker(settings: Settings) -> Worker:
-    """A worker on the deployment; while the job database is unreachable (restarting, not up yet), try again
-    with backoff rather than exit: a supervisor restarting us in a loop would gain nothing."""
-    for attempt in itertools.count():
-        try:
-            return Worker(settings)
-        except StoreUnavailable as exc:
-            delay = START_BACKOFF_S[min(attempt, len(START_BACKOFF_S) - 1)]
-            log.warning("job database unreachable (%s); trying again in %ss", exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
-    """Process entry point: ``photomaker worker``, or (with ``parent_pid``) the worker ``photomaker serve`` spawns.
-
-    SIGTERM/SIGINT: claim nothing more, finish the job in hand within ``shutdown_grace_s`` or hand it back to the
-    queue, then return. With ``parent_pid``, the death of that process stops the worker at once (job handed back).
-    """
-    configure_logging(settings.log_format, "worker")
-    worker = _open_worker(settings)
-    install_stop_handlers(worker.shutdown, parent_pid=parent_pid, interrupt_now=lambda: worker.loading)
-    if parent_pid is not None:
-        def orphaned() -> None:
-            log.warning("the server process (pid %s) is gone; stopping this worker now", parent_pid)
-            os.kill(os.getpid(), signal.SIGTERM)  # the signal handler decides, in the main thread
-
-        watch_parent(parent_pid, orphaned)
-    worker.run()

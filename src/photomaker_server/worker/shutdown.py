@@ -9,8 +9,8 @@ memory and keep claiming jobs next to the worker of a restarted server. Linux's 
 kernel send it SIGTERM when the parent goes; a cheap thread that watches ``os.getppid()`` covers other systems (and
 the case where the signal is missed). Either way the worker releases its job and exits.
 
-This module stays free of torch: the spawned process runs :func:`spawned_worker_main` first, which arranges all
-this before the heavy imports.
+This module stays free of torch and of the worker itself (no import of :mod:`.process`): the spawned process runs
+:func:`.main.spawned_worker_main` first, which arranges all this before the heavy imports.
 """
 
 from __future__ import annotations
@@ -22,15 +22,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from ..parent_death import set_parent_death_signal, watch_parent
 
-__all__ = ["RELEASE_NOW_SIGNAL", "StopRequest", "install_stop_handlers", "set_parent_death_signal",
-           "spawned_worker_main", "watch_parent"]
-
-if TYPE_CHECKING:
-    from ..settings import Settings
+__all__ = ["RELEASE_NOW_SIGNAL", "StopRequest", "install_stop_handlers", "set_parent_death_signal", "watch_parent"]
 
 log = logging.getLogger(__name__)
 #: Sent by ``photomaker serve`` to its worker on a second Ctrl-C / SIGTERM: skip the rest of the grace period.
@@ -84,13 +79,3 @@ def install_stop_handlers(
     # Under ``serve`` a terminal's Ctrl-C reaches the whole process group; the parent decides and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN if parent_pid is not None else on_signal)
 
-
-def spawned_worker_main(settings: Settings, parent_pid: int) -> None:
-    """Entry point of the worker process ``photomaker serve`` spawns: tie its life to the parent's, then run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the heavy imports: the parent handles Ctrl-C
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        return
-    from .process import run_worker
-
-    run_worker(settings, parent_pid=parent_pid)
