@@ -137,6 +137,21 @@ def small(image_url: str | None = None, **fields) -> dict:
     return body
 
 
+def small_stored(image_url: str | None = None, **fields):  # noqa: ANN201
+    """:func:`small` as the job store keeps it (a ``StoredRequest``, its files as outside URLs), for tests that submit
+    straight to the store."""
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.stored import StoredRequest
+
+    body = small(image_url, **fields)
+    body["image_archive_url"] = FileRef.outside(body["image_archive_url"])
+    if body.get("image_urls") is not None:
+        body["image_urls"] = [FileRef.outside(url) for url in body["image_urls"]]
+    if body.get("initial_image_url") is not None:
+        body["initial_image_url"] = FileRef.outside(body["initial_image_url"])
+    return StoredRequest(**body)
+
+
 # --- a local HTTP server on 127.0.0.1: photos, redirects, a webhook receiver --------------------------------------
 
 

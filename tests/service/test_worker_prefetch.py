@@ -19,7 +19,7 @@ from photomaker_server.engine.service import GenerationResult
 from photomaker_server.jobs.records import CANCELLED_ERROR, RELEASED_MESSAGE, REQUEST_TIMEOUT_ERROR, JobStatus
 from photomaker_server.settings import APP_ID, Settings
 from photomaker_server.worker.process import Worker
-from service.svc import small
+from service.svc import small_stored
 
 OWNER = "owner-a"
 
@@ -91,7 +91,7 @@ class Running:
         return self
 
     def submit(self, seed: int, owner: str = OWNER, **kwargs) -> str:  # noqa: ANN003
-        return self.store.submit(owner, APP_ID, small(seed=seed), **kwargs).id
+        return self.store.submit(owner, APP_ID, small_stored(seed=seed), **kwargs).id
 
     def stop(self, timeout: float = 20) -> None:
         self.worker.shutdown.request()
@@ -182,7 +182,7 @@ def test_jobs_reach_the_device_in_the_queue_s_fair_order(running, tmp_path):
     plan = [("x", 1), ("x", 2), ("x", 3), ("y", 4), ("y", 5), ("z", 6)]
     # The order the store's own claim gives, on a store of its own with the same submissions.
     reference = SQLJobStore(tmp_path / "reference.db")
-    ids = {reference.submit(owner, APP_ID, small(seed=seed)).id: seed for owner, seed in plan}
+    ids = {reference.submit(owner, APP_ID, small_stored(seed=seed)).id: seed for owner, seed in plan}
     expected = []
     while (job := reference.claim("ref", 30)) is not None:
         expected.append(ids[job.id])
@@ -256,7 +256,7 @@ def test_a_prefetched_job_with_bad_inputs_fails_at_once_without_disturbing_the_r
     w = running(prefetch_depth=1)
     first = w.submit(1)
     assert w.engine.next_started() == 1
-    body = small(seed=2, image_archive_url="data:image/png;base64,bm90IGFuIGltYWdl")
+    body = small_stored(seed=2, image_archive_url="data:image/png;base64,bm90IGFuIGltYWdl")
     bad = w.store.submit(OWNER, APP_ID, body).id
     failed = wait_for(lambda: (j := w.store.get(bad)).is_finished and j, what="the bad job")
     assert failed.error_type == "input_error", failed.error
