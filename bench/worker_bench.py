@@ -91,7 +91,11 @@ def run_mode(engine, settings_for, depth: int, archives: list[bytes], lone: int,
     thread.start()
     while worker.info.state != "ready":
         time.sleep(0.05)
-    urls = [worker.storage.url_for(worker.storage.put(data, "application/zip", f"photos-{i}.zip").key)
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.stored import StoredRequest
+
+    # Stored as the API stores uploads: the job names each archive by its storage key.
+    urls = [FileRef.stored(worker.storage.put(data, "application/zip", f"photos-{i}.zip").key)
             for i, data in enumerate(archives)]
     body = {"prompt": "a photo of a man img", "num_inference_steps": steps, "image_size": {"width": size, "height": size},
             "style": "(No style)"}
@@ -108,12 +112,12 @@ def run_mode(engine, settings_for, depth: int, archives: list[bytes], lone: int,
     lone_times = []
     for i in range(lone):
         timed.spans.clear()
-        wait([worker.store.submit(OWNER, APP, {**body, "image_archive_url": urls[i], "seed": i}).id])
+        wait([worker.store.submit(OWNER, APP, StoredRequest(**body, image_archive_url=urls[i], seed=i)).id])
         lone_times.append(timed.spans[0][1] - timed.spans[0][0])
     timed.spans.clear()
     backlog_urls = urls[lone:]
     load_before = loadavg()
-    ids = [worker.store.submit(OWNER, APP, {**body, "image_archive_url": url, "seed": 100 + i}).id
+    ids = [worker.store.submit(OWNER, APP, StoredRequest(**body, image_archive_url=url, seed=100 + i)).id
            for i, url in enumerate(backlog_urls)]
     wait(ids)
     spans = sorted(timed.spans)
