@@ -90,9 +90,11 @@ KEY_HEADER = APIKeyHeader(
 )
 
 
-def require_caller(request: Request, authorization: Annotated[str | None, Security(KEY_HEADER)] = None) -> Caller:
+async def require_caller(request: Request,
+                         authorization: Annotated[str | None, Security(KEY_HEADER)] = None) -> Caller:
     """FastAPI dependency: who a valid key belongs to, else 401 in fal's error shape (before anything is looked
-    up, so an unknown or revoked key never learns whether a request id exists)."""
+    up, so an unknown or revoked key never learns whether a request id exists). ``async``: the check reads only
+    this process's memory (configured keys, the key cache), so it runs on the event loop, no thread hop."""
     caller = request.app.state.ctx.keys.identify(authorization)
     if caller is None:
         raise HTTPException(
@@ -103,12 +105,12 @@ def require_caller(request: Request, authorization: Annotated[str | None, Securi
     return caller
 
 
-def require_owner(caller: Annotated[Caller, Depends(require_caller)]) -> str:
+async def require_owner(caller: Annotated[Caller, Depends(require_caller)]) -> str:
     """FastAPI dependency: the owner id of a valid key, else 401."""
     return caller.owner
 
 
-def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
     """FastAPI dependency: an admin key (``photomaker keys create NAME --admin``), else 403."""
     if not caller.admin:
         raise HTTPException(403, "This operation needs an admin key (photomaker keys create NAME --admin)",
