@@ -30,7 +30,8 @@ from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavail
 from ...settings import APP_ID
 from ...urls import UrlError, parse_http_url
 from .. import paths
-from ..auth import require_owner
+from ..auth import owner_of_request, require_owner
+from ..direct_route import DirectRoute, direct
 from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
@@ -38,7 +39,8 @@ from ..input_budget import check_stored_inputs
 from ..errors import ERROR_STATUS, error_response, validation_response
 from ..schemas import QueueStatus, QueueSubmitted
 
-router = APIRouter(tags=["queue"])
+#: DirectRoute: the status and result polls answer through their ``@direct`` handlers (``direct_route.py``).
+router = APIRouter(tags=["queue"], route_class=DirectRoute)
 #: Any other ``/{owner_ns}/{alias}`` (fal's clients may be pointed at another app): 404 after the key check, as
 #: before. Registered after every fixed path (``app.py``), kept out of the API docs.
 unknown_apps = APIRouter(tags=["queue"], include_in_schema=False)
@@ -234,13 +236,24 @@ def _status_with_logs(ctx, request_id: str, owner: str) -> dict[str, Any]:  # no
     return status_body(ctx, job, [line.to_fal() for line in ctx.store.logs(job.id)])
 
 
+async def _status_now(request: Request) -> JSONResponse:
+    """``status`` for a request as it comes (the direct handler: no parameter solving per poll)."""
+    return await _status(request, request.path_params["request_id"], owner_of_request(request),
+                         request.query_params.get("logs"))
+
+
 @router.get(paths.STATUS, response_model=QueueStatus, summary="Request status")
+@direct(_status_now)
 async def status(
     request_id: str,
     request: Request,
     owner: Annotated[str, Depends(require_owner)],
     logs: str | None = None,
 ) -> Any:
+    return await _status(request, request_id, owner, logs)
+
+
+async def _status(request: Request, request_id: str, owner: str, logs: str | None) -> JSONResponse:
     ctx = get_ctx(request)
     if _flag(logs):  # log lines change without a status change: always read
         body = await to_thread.run_sync(_status_with_logs, ctx, request_id, owner)
@@ -361,8 +374,18 @@ def result_response(job: Job, url_for: UrlRenderer | None = None) -> JSONRespons
     return JSONResponse(render_result(job.result, url_for), headers=headers)
 
 
+async def _result_now(request: Request) -> JSONResponse:
+    """``result`` for a request as it comes (the direct handler)."""
+    return await _result(request, request.path_params["request_id"], owner_of_request(request))
+
+
 @router.get(paths.REQUEST, response_model=PhotoMakerOutput, summary="Request result")
+@direct(_result_now)
 async def result(request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]) -> Any:
+    return await _result(request, request_id, owner)
+
+
+async def _result(request: Request, request_id: str, owner: str) -> JSONResponse:
     ctx = get_ctx(request)
     job, _body = await _poll(ctx, request_id, owner, with_status=False)
     return result_response(job, ctx.file_url)
