@@ -14,7 +14,9 @@ What it does, per database (SQLite in a temp data dir; PostgreSQL from the ``emb
 3. starts a bare Starlette app with one JSON route on the same uvicorn options (``api.http_server.uvicorn_options``,
    the same protocol class, loop and access log);
 4. runs ``wrk`` (``-c`` connections, one thread) against status, result, health, ready and the bare route, the
-   bare route first and last (its mean is the baseline; the spread says how noisy the machine was);
+   bare route first and last (its mean is the baseline; the spread says how noisy the machine was); with
+   ``--api-src before=DIR --api-src after=DIR`` two API source trees (e.g. ``git archive`` of an older commit) are
+   measured side by side in the same run, on the same database;
 5. prints req/s, p50, p99 and the ratios; writes JSON to ``bench/results/``.
 
 Without ``wrk`` on PATH a Python asyncio load generator (keep-alive, same connection count) is used instead and
@@ -23,6 +25,9 @@ the output says so; its numbers are only comparable with each other (it is slowe
 Example::
 
     PYTHONPATH=src .venv/bin/python bench/status_bench.py --duration 10 --json-out bench/results/status-after.json
+    mkdir -p /tmp/before && git archive e19257a src | tar -x -C /tmp/before
+    PYTHONPATH=src .venv/bin/python bench/status_bench.py --api-src before=/tmp/before/src --api-src after=src \
+        --json-out bench/results/status-before-after.json
 """
 
 from __future__ import annotations
@@ -204,56 +209,68 @@ def load(url: str, connections: int, duration: float, headers: dict[str, str], u
 
 
 def bench_backend(name: str, database_url: str | None, args: argparse.Namespace, use_wrk: bool) -> dict[str, Any]:
+    """Every API variant (``--api-src``) and the bare route on one database, one after the other, in this run."""
     work = Path(tempfile.mkdtemp(prefix=f"pm-status-bench-{name}-"))
     data_dir = work / "data"
     data_dir.mkdir()
     db = database_url or f"sqlite:///{data_dir / 'jobs.db'}"
     job_id = prepare_store(db, data_dir)
-    api_port, bare_port = free_port(), free_port()
-    env = {**os.environ, "PHOTOMAKER_API_KEYS": KEY, "PHOTOMAKER_DATABASE_URL": db,
-           "PHOTOMAKER_PUBLIC_BASE_URL": "https://photomaker.example.com",
-           "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    api_log, bare_log = open(work / "api.log", "ab"), open(work / "bare.log", "ab")
-    api = subprocess.Popen([sys.executable, "-m", "photomaker_server.cli", "serve", "--no-worker", "--data-dir",
-                            str(data_dir), "--host", "127.0.0.1", "--port", str(api_port)],
-                           env=env, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True)
-    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)], env=env, stdout=bare_log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    variants = ({label: str(Path(src).resolve()) for label, src in (v.split("=", 1) for v in args.api_src)}
+                if args.api_src else {"this": str(ROOT / "src")})
+    processes: list[subprocess.Popen] = []
+    logs = []
+
+    def start(label: str, argv: list[str], src: str) -> int:
+        port = free_port()
+        env = {**os.environ, "PHOTOMAKER_API_KEYS": KEY, "PHOTOMAKER_DATABASE_URL": db,
+               "PHOTOMAKER_PUBLIC_BASE_URL": "https://photomaker.example.com", "PYTHONPATH": src}
+        log = open(work / f"{label}.log", "ab")
+        logs.append(log)
+        argv = [a.replace("PORT", str(port)) for a in argv]
+        processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        return port
+
     try:
-        wait_http(api_port, "/health")
+        bare_port = start("bare", [sys.executable, __file__, "--bare-server", "PORT"], str(ROOT / "src"))
+        api_ports = {label: start(f"api-{label}", [sys.executable, "-m", "photomaker_server.cli", "serve", "--no-worker",
+                                                   "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "PORT"],
+                                  src)
+                     for label, src in variants.items()}
         wait_http(bare_port, "/bare")
+        for port in api_ports.values():
+            wait_http(port, "/health")
         auth = {"Authorization": f"Key {KEY}"}
-        base = f"http://127.0.0.1:{api_port}/{APP}/requests/{job_id}"
-        targets = [
-            ("bare", f"http://127.0.0.1:{bare_port}/bare", {}),
-            ("status", f"{base}/status", auth),
-            ("result", base, auth),
-            ("health", f"http://127.0.0.1:{api_port}/health", {}),
-            ("ready", f"http://127.0.0.1:{api_port}/ready", {}),
-            ("bare_again", f"http://127.0.0.1:{bare_port}/bare", {}),
-        ]
+        bare = ("bare", f"http://127.0.0.1:{bare_port}/bare", {})
+        targets = [bare]
+        for label, port in api_ports.items():
+            base = f"http://127.0.0.1:{port}/{APP}/requests/{job_id}"
+            prefix = "" if len(api_ports) == 1 else f"{label}:"
+            targets += [(f"{prefix}status", f"{base}/status", auth), (f"{prefix}result", base, auth),
+                        (f"{prefix}health", f"http://127.0.0.1:{port}/health", {}),
+                        (f"{prefix}ready", f"http://127.0.0.1:{port}/ready", {})]
+        targets.append(("bare_again", bare[1], {}))
         runs: dict[str, Any] = {}
         for label, url, headers in targets:
             heartbeat(db)  # keeps /ready at 200 for the next run
             load(url, args.connections, min(2.0, args.duration), headers, use_wrk)  # warm-up
             runs[label] = load(url, args.connections, args.duration, headers, use_wrk)
-            print(f"  {name:8} {label:10} {runs[label]['rps']:9.0f} req/s  p50 {runs[label]['p50_ms']:7.2f} ms  "
+            print(f"  {name:10} {label:16} {runs[label]['rps']:9.0f} req/s  p50 {runs[label]['p50_ms']:7.2f} ms  "
                   f"p99 {runs[label]['p99_ms']:7.2f} ms  non-2xx {runs[label]['non_2xx']}", flush=True)
         bare_rps = (runs["bare"]["rps"] + runs["bare_again"]["rps"]) / 2
         bare_p50 = (runs["bare"]["p50_ms"] + runs["bare_again"]["p50_ms"]) / 2
-        ratios = {label: {"rps_ratio": round(runs[label]["rps"] / bare_rps, 3),
-                          "p50_ratio": round(runs[label]["p50_ms"] / bare_p50, 2)}
-                  for label in ("status", "result", "health", "ready")}
+        ratios = {label: {"rps_ratio": round(run["rps"] / bare_rps, 3), "p50_ratio": round(run["p50_ms"] / bare_p50, 2)}
+                  for label, run in runs.items() if not label.startswith("bare")}
         for label, r in ratios.items():
             ok = r["rps_ratio"] >= 0.25 and r["p50_ratio"] <= 4
-            print(f"  {name:8} {label:10} {r['rps_ratio']:.3f}x bare req/s, p50 {r['p50_ratio']:.2f}x bare p50"
+            print(f"  {name:10} {label:16} {r['rps_ratio']:.3f}x bare req/s, p50 {r['p50_ratio']:.2f}x bare p50"
                   f"  {'meets the bar' if ok else 'BELOW THE BAR'}", flush=True)
-        return {"runs": runs, "bare_mean": {"rps": bare_rps, "p50_ms": bare_p50}, "ratios": ratios}
+        return {"variants": variants, "runs": runs, "bare_mean": {"rps": bare_rps, "p50_ms": bare_p50},
+                "ratios": ratios}
     finally:
-        stop(api)
-        stop(bare)
-        api_log.close()
-        bare_log.close()
+        for process in processes:
+            stop(process)
+        for log in logs:
+            log.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -268,6 +285,9 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even with wrk")
     parser.add_argument("--keep", action="store_true", help="keep the temp data dirs (their api.log)")
+    parser.add_argument("--api-src", action="append", default=[], metavar="LABEL=DIR",
+                        help="run the API from this source tree (a src/ dir) too, e.g. before=/tmp/old/src "
+                             "(repeatable; default: this checkout's src/ only)")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. before/after)")
     args = parser.parse_args()
