@@ -13,7 +13,6 @@ from starlette.testclient import TestClient
 from photomaker_server.api.app import build_context, create_app
 from photomaker_server.api.job_cache import JobCache
 from photomaker_server.deployment import open_deployment
-from photomaker_server.jobs.keys import owner_of
 from photomaker_server.jobs.records import Job, JobStatus, StoreUnavailable
 from photomaker_server.jobs.wakeups import WAKE_ALL, NullWakeups
 from photomaker_server.jobs.health import DatabaseHealth
