@@ -15,7 +15,7 @@ import pytest
 from live_server import API_KEY
 
 pytestmark = pytest.mark.browser
-STATUS_PATH = "/{owner_ns}/{alias}/requests/{request_id}/status"
+STATUS_PATH = "/fal-ai/photomaker/requests/{request_id}/status"
 
 
 def _loopback(url: str) -> bool:
@@ -62,8 +62,8 @@ def test_docs_render_offline_with_the_operations(docs_page, tmp_path):
     page = docs_page
     page.wait_for_selector(".opblock")
     paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.dataset.path)")
-    for expected in ("/{owner_ns}/{alias}", STATUS_PATH, "/{owner_ns}/{alias}/requests/{request_id}",
-                     "/{owner_ns}/{alias}/requests/{request_id}/cancel", "/storage/upload/multipart", "/health"):
+    for expected in ("/fal-ai/photomaker", STATUS_PATH, "/fal-ai/photomaker/requests/{request_id}",
+                     "/fal-ai/photomaker/requests/{request_id}/cancel", "/storage/upload/multipart", "/health"):
         assert expected in paths, paths
     assert "PhotoMaker server" in page.inner_text(".info .title")
     # The protected operations carry a lock; the open ones (health) do not.
@@ -75,7 +75,7 @@ def test_docs_render_offline_with_the_operations(docs_page, tmp_path):
 def test_submit_documents_fal_fields_with_an_example(docs_page):
     page = docs_page
     page.wait_for_selector(".opblock")
-    submit = _operation(page, "post", "/{owner_ns}/{alias}")
+    submit = _operation(page, "post", "/fal-ai/photomaker")
     submit.locator(".opblock-summary").click()
     example = submit.locator(".body-param__example, .highlight-code .microlight").first
     example.wait_for()
@@ -102,8 +102,6 @@ def test_authorize_then_try_it_out_sends_the_key(docs_page, live_server, tmp_pat
     status = _operation(page, "get", STATUS_PATH)
     status.locator(".opblock-summary").click()
     status.locator(".try-out__btn").click()
-    status.locator('tr[data-param-name="owner_ns"] input').fill("fal-ai")
-    status.locator('tr[data-param-name="alias"] input').fill("photomaker")
     status.locator('tr[data-param-name="request_id"] input').fill("no-such-request")
     with page.expect_response(lambda r: r.url.endswith("/fal-ai/photomaker/requests/no-such-request/status")) as info:
         status.locator(".execute").click()

@@ -167,14 +167,15 @@ def test_docs_and_openapi(live_server):
     model = schema["components"]["schemas"]["PhotoMakerInput"]
     assert {"prompt", "image_archive_url", "num_inference_steps", "style"} <= set(model["properties"])
     assert "prompt" in model["required"] and "image_archive_url" in model["required"]
-    content = schema["paths"]["/{owner_ns}/{alias}"]["post"]["requestBody"]["content"]["application/json"]
+    content = schema["paths"]["/fal-ai/photomaker"]["post"]["requestBody"]["content"]["application/json"]
     assert content["schema"] == {"$ref": "#/components/schemas/PhotoMakerInput"}
     assert {"prompt", "image_archive_url", "style"} <= set(content["example"])
     # fal's key header as the security scheme of the protected operations only; Swagger UI served from here.
     scheme = schema["components"]["securitySchemes"]["FalKey"]
     assert scheme["type"] == "apiKey" and scheme["in"] == "header" and scheme["name"] == "Authorization"
-    assert schema["paths"]["/{owner_ns}/{alias}/requests/{request_id}/status"]["get"]["security"] == [{"FalKey": []}]
+    assert schema["paths"]["/fal-ai/photomaker/requests/{request_id}/status"]["get"]["security"] == [{"FalKey": []}]
     assert "security" not in schema["paths"]["/health"]["get"]
+    assert not any("{owner_ns}" in path for path in schema["paths"])  # literal paths; other app ids: 404, undocumented
     assert "http://" not in docs.text and "https://" not in docs.text  # no CDN: every asset is relative
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
 

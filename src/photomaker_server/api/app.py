@@ -8,7 +8,7 @@ import logging
 import threading
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -27,6 +27,8 @@ from .body_limit import BodyLimitMiddleware, limits_for
 from .connections import ConnectionBudget
 from .context import AppContext
 from .db_wait import DatabaseProbe, DatabaseWaitMiddleware
+from .job_cache import JobCache
+from .recent import Recent
 from .metrics import metrics_registry
 from .proxy import FalProxyMiddleware
 from .stored_files import QuotaStorage
@@ -54,6 +56,8 @@ def build_context(settings: Settings, deployment: Deployment | None = None) -> A
         files=QuotaStorage(deployment.store, deployment.storage, limits, settings.result_ttl_hours * 3600,
                            functools.partial(declared_unpacked_bytes, limits=ArchiveLimits.from_settings(settings))),
         connections=ConnectionBudget(limits),
+        jobs=JobCache(deployment.wakeups, deployment.store.health),
+        workers=Recent(deployment.store.health),
         demo_warning=DEMO_WARNING if settings.tiny else None,
     )
 
@@ -76,6 +80,16 @@ def app_from_env() -> FastAPI:
     # K processes write to one stream: each line says which one wrote it.
     configure_logging(settings.log_format, f"api[{os.getpid()}]", log_probes=settings.log_probes)
     return create_app(settings)
+
+
+def _add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Put ``router``'s routes on the app's own router, in order. Not ``include_router``: in this FastAPI an
+    included router stays a nested router that every request walks again (checking each included router's route
+    set for changes, several times per request: a fifth of a status poll's CPU). Our routers carry no prefix or
+    dependencies of their own, so their routes can be the app's directly; tags and response models are the
+    routes' own."""
+    assert not router.prefix and not router.dependencies, "a router with a prefix or dependencies needs include_router"
+    app.router.routes.extend(router.routes)
 
 
 def create_app(settings: Settings | None = None, ctx: AppContext | None = None, housekeeping: bool = True) -> FastAPI:
@@ -120,12 +134,10 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None, 
     # Added last, so it runs first: the body cap applies before anything reads a byte of the body.
     app.add_middleware(BodyLimitMiddleware,
                        limit_for=limits_for(ctx.settings.max_request_bytes, ctx.settings.max_download_bytes))
-    # Order matters: fixed paths (ops, admin, files) before queue's /{owner}/{alias} patterns.
-    app.include_router(ops.router)
-    app.include_router(login.router)
-    app.include_router(admin.router)
-    app.include_router(files.router)
-    app.include_router(queue.router)
+    # Order matters: the queue's literal paths first (the hottest: status polls), then the other fixed paths, then
+    # the 404 for other app ids (``/{owner_ns}/{alias}`` patterns) last.
+    for router in (queue.router, ops.router, login.router, admin.router, files.router, queue.unknown_apps):
+        _add_routes(app, router)
     app.mount("/static", StaticFiles(directory=str(resources.files("photomaker_server") / "web")), name="static")
     openapi.install(app)
     return app

@@ -1,5 +1,5 @@
 """The per-application state every route reads: settings, job store and its wake-ups, file storage, keys,
-signing keys, the metrics registry."""
+signing keys, the metrics registry, the job cache."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from prometheus_client import CollectorRegistry
 
 from ..jobs.housekeeping import Housekeeper
 from ..jobs.protocol import JobStore
+from ..jobs.records import WorkerInfo
 from ..jobs.wakeups import Wakeups
 from ..settings import Settings
 from ..storage.base import FileStorage
 from ..webhooks import WebhookDispatcher, WebhookSigner
 from .auth import KeyRing
 from .connections import ConnectionBudget
+from .job_cache import JobCache
+from .recent import Recent
 from .stored_files import QuotaStorage
 
 
@@ -33,6 +36,10 @@ class AppContext:
     files: QuotaStorage
     #: Open status streams and held /run calls per key, in this process.
     connections: ConnectionBudget
+    #: Jobs clients poll, as last read, kept fresh by the wake-ups (status and result answer from it).
+    jobs: JobCache
+    #: The live workers as last read (``/health`` and ``/ready`` read the registry at most every half second).
+    workers: Recent[list[WorkerInfo]]
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
     webhooks: WebhookDispatcher | None = field(default=None, repr=False)

@@ -20,10 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from ..contract.styles import get_style
 from ..settings import APP_ID
 from ..contract.request import PhotoMakerInput
+from . import paths as paths_
 
 DOCS_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
-OWNER_NS, ALIAS = APP_ID.split("/")
 EXAMPLE_ID = "0d8a6a0c-3f6e-4c1c-9d43-6f1b0e6c2a17"
 EXAMPLE_BASE = f"http://127.0.0.1:8000/{APP_ID}/requests/{EXAMPLE_ID}"
 EXAMPLE_URLS = {"response_url": EXAMPLE_BASE, "status_url": f"{EXAMPLE_BASE}/status",
@@ -136,25 +136,23 @@ def _json(operation: dict | None, status: str) -> dict | None:
 
 
 def _examples(paths: dict) -> None:
-    """fal-named examples on the queue operations, and the one app id prefilled in their path parameters."""
+    """fal-named examples on the queue operations (their paths name the one app: ``api/paths.py``)."""
     for path, item in paths.items():
         for operation in item.values():
             for parameter in operation.get("parameters", []):
-                if parameter.get("in") == "path" and parameter["name"] in ("owner_ns", "alias"):
-                    parameter["example"] = OWNER_NS if parameter["name"] == "owner_ns" else ALIAS
-                elif parameter.get("in") == "path" and parameter["name"] == "request_id":
+                if parameter.get("in") == "path" and parameter["name"] == "request_id":
                     parameter["example"] = EXAMPLE_ID
                     operation.setdefault("responses", {}).setdefault("404", NOT_FOUND)
-    for path in ("/{owner_ns}/{alias}", "/run/{owner_ns}/{alias}"):
+    for path in (paths_.SUBMIT, paths_.RUN):
         post = paths.get(path, {}).get("post")
         body = (post or {}).get("requestBody")
         if body:
             body["content"]["application/json"] = {"schema": {"$ref": "#/components/schemas/PhotoMakerInput"},
                                                    "example": EXAMPLE_INPUT}
-    if content := _json(paths.get("/{owner_ns}/{alias}", {}).get("post"), "200"):
+    if content := _json(paths.get(paths_.SUBMIT, {}).get("post"), "200"):
         content["example"] = EXAMPLE_SUBMITTED
-    if content := _json(paths.get("/{owner_ns}/{alias}/requests/{request_id}/status", {}).get("get"), "200"):
+    if content := _json(paths.get(paths_.STATUS, {}).get("get"), "200"):
         content["examples"] = EXAMPLE_STATUS
-    for path, method in (("/{owner_ns}/{alias}/requests/{request_id}", "get"), ("/run/{owner_ns}/{alias}", "post")):
+    for path, method in ((paths_.REQUEST, "get"), (paths_.RUN, "post")):
         if content := _json(paths.get(path, {}).get(method), "200"):
             content["example"] = EXAMPLE_RESULT

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
@@ -20,9 +21,14 @@ from ..metrics import CONTENT_TYPE_LATEST, render_metrics
 router = APIRouter(tags=["operations"])
 
 
-def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
-    """Every live worker of the deployment (heartbeat within the staleness window), from the job database."""
-    return ctx.store.workers(max_age_s=WORKER_STALE_AFTER_S)
+async def _workers(ctx) -> list[WorkerInfo]:  # noqa: ANN001
+    """Every live worker of the deployment (heartbeat within the staleness window), from the job database: read
+    in a worker thread at most every ``recent.TTL_S`` per process (probes come many times a second)."""
+    workers = ctx.workers.get()
+    if workers is None:
+        workers = await to_thread.run_sync(lambda: ctx.store.workers(max_age_s=WORKER_STALE_AFTER_S))
+        ctx.workers.put(workers)
+    return workers
 
 
 def _describe(worker: WorkerInfo, viewer: str | None, own_jobs: set[str]) -> dict:
@@ -43,18 +49,23 @@ def _describe(worker: WorkerInfo, viewer: str | None, own_jobs: set[str]) -> dic
             "current_job": worker.current_job if worker.current_job in own_jobs else None}
 
 
-def _described(ctx, request: Request, workers: list[WorkerInfo]) -> list[dict]:  # noqa: ANN001
-    """Every worker as the caller may see it (a missing or wrong key: as anyone; never a 401 for health checks)."""
+async def _described(ctx, request: Request, workers: list[WorkerInfo]) -> list[dict]:  # noqa: ANN001
+    """Every worker as the caller may see it (a missing or wrong key: as anyone; never a 401 for health checks).
+    Only a caller with a key, while workers run jobs, needs the database (whose jobs they are): in a thread."""
     viewer = ctx.keys.owner_for(request.headers.get("authorization"))
     running = {w.current_job for w in workers if w.current_job} if viewer else set()
-    own = {job_id for job_id in running if ctx.store.get(job_id, owner=viewer, with_input=False) is not None}
+
+    def own_jobs() -> set[str]:
+        return {job_id for job_id in running if ctx.store.get(job_id, owner=viewer, with_input=False) is not None}
+
+    own = await to_thread.run_sync(own_jobs) if running else set()
     return [_describe(w, viewer, own) for w in workers]
 
 
 @router.get("/health", summary="Liveness, what this deployment runs, and every live worker")
-def health(request: Request) -> dict:
+async def health(request: Request) -> dict:
     ctx = get_ctx(request)
-    workers = _workers(ctx)
+    workers = await _workers(ctx)
     demo = ctx.demo_warning
     return {
         "status": "ok",
@@ -73,7 +84,7 @@ def health(request: Request) -> dict:
         "styles": style_names(),
         "default_style": default_style(),
         "image_size_presets": list(IMAGE_SIZE_PRESETS),
-        "workers": _described(ctx, request, workers),
+        "workers": await _described(ctx, request, workers),
     }
 
 
@@ -90,11 +101,11 @@ def _v2(settings: Settings, demo: bool) -> dict:
 
 
 @router.get("/ready", summary="Ready when at least one live worker has its model loaded")
-def ready(request: Request) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
     ctx = get_ctx(request)
-    workers = _workers(ctx)
+    workers = await _workers(ctx)
     is_ready = any(w.state == "ready" for w in workers)
-    body = {"ready": is_ready, "workers": _described(ctx, request, workers)}
+    body = {"ready": is_ready, "workers": await _described(ctx, request, workers)}
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 

@@ -1,6 +1,11 @@
 """fal's queue protocol for ``fal-ai/photomaker``: submit, status (+ SSE stream), result, cancel, synchronous run.
 
 Handlers are thin: validate, talk to the job store, shape fal's envelopes. Work happens in the worker process.
+
+The paths name this server's one app literally (``api/paths.py``); other app ids get a 404 from the catch-all
+routes of :data:`unknown_apps`, which the app registers after every fixed path. Status and result polls are
+``async`` and answer from this process's :class:`~..job_cache.JobCache` when they can (on the event loop, no thread
+hop, no database read); otherwise they read the job in one trip to a worker thread.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from ...jobs.wakeups import Subscription
 from ...jobs.records import CancelOutcome, Job, JobStatus, LogLine, StoreUnavailable, job_topic, log_topic, parse_priority
 from ...settings import APP_ID
 from ...urls import UrlError, parse_http_url
-from ..auth import require_owner
+from .. import paths
+from ..auth import owner_of_request, require_owner
+from ..direct_route import DirectRoute, direct
 from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
@@ -33,7 +40,11 @@ from ..input_budget import check_stored_inputs
 from ..errors import error_response, validation_response
 from ..schemas import CancelAnswer, QueueStatus, QueueSubmitted, error_responses
 
-router = APIRouter(tags=["queue"])
+#: DirectRoute: the status and result polls answer through their ``@direct`` handlers (``direct_route.py``).
+router = APIRouter(tags=["queue"], route_class=DirectRoute)
+#: Any other ``/{owner_ns}/{alias}`` (fal's clients may be pointed at another app): 404 after the key check, as
+#: before. Registered after every fixed path (``app.py``), kept out of the API docs.
+unknown_apps = APIRouter(tags=["queue"], include_in_schema=False)
 INPUT_BODY = Body(..., description="PhotoMakerInput (see the schema of that name)")
 #: Streams and ``/run`` sleep until the job's wake-up (``job:<id>``); wake-ups are best-effort, so they also look
 #: again after this long (which also refreshes a queued job's position and notices a client that went away).
@@ -45,6 +56,18 @@ def _check_app(owner_ns: str, alias: str) -> None:
     if f"{owner_ns}/{alias}" != APP_ID:
         raise HTTPException(404, f"Unknown app {owner_ns}/{alias}; this server runs {APP_ID}",
                             headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
+
+
+async def _unknown_app(owner_ns: str, alias: str, owner: Annotated[str, Depends(require_owner)]) -> None:
+    _check_app(owner_ns, alias)
+    raise HTTPException(404, "Not Found")  # a literal route answers this app's paths; unreachable for it
+
+
+for _path, _method in (("/{owner_ns}/{alias}", "POST"), ("/{owner_ns}/{alias}/requests/{request_id}/status", "GET"),
+                       ("/{owner_ns}/{alias}/requests/{request_id}/status/stream", "GET"),
+                       ("/{owner_ns}/{alias}/requests/{request_id}", "GET"),
+                       ("/{owner_ns}/{alias}/requests/{request_id}/cancel", "PUT"), ("/run/{owner_ns}/{alias}", "POST")):
+    unknown_apps.add_api_route(_path, _unknown_app, methods=[_method])
 
 
 def _flag(value: str | None) -> bool:
@@ -135,17 +158,14 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
     )
 
 
-@router.post("/{owner_ns}/{alias}", response_model=QueueSubmitted, summary="Submit a request to the queue",
+@router.post(paths.SUBMIT, response_model=QueueSubmitted, summary="Submit a request to the queue",
              responses=error_responses(400, 401, 413, 422, 429, 503))
 def submit(
-    owner_ns: str,
-    alias: str,
     request: Request,
     payload: Annotated[dict[str, Any], INPUT_BODY],
     owner: Annotated[str, Depends(require_owner)],
     fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when done")] = None,
 ) -> Any:
-    _check_app(owner_ns, alias)
     ctx = get_ctx(request)
     job = _enqueue(ctx, request, payload, owner, fal_webhook)
     if isinstance(job, JSONResponse):
@@ -158,8 +178,33 @@ def _own_job(ctx, request_id: str, owner: str) -> Job:  # noqa: ANN001
     # Inputs can hold megabytes of data URIs; no status/result/cancel answer needs them.
     job = ctx.store.get(request_id, owner=owner, with_input=False)
     if job is None:
-        raise HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
+        raise _not_found(request_id)
     return job
+
+
+def _not_found(request_id: str) -> HTTPException:
+    return HTTPException(404, f"Request {request_id} not found", headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND})
+
+
+def _read_own(ctx, request_id: str, owner: str, with_status: bool) -> tuple[Job, dict[str, Any] | None]:  # noqa: ANN001
+    """The caller's job read from the database (a worker thread), with its status body when ``with_status``;
+    both kept in the process's job cache unless a change was announced while they were read."""
+    version = ctx.jobs.version()
+    job = _own_job(ctx, request_id, owner)
+    body = status_body(ctx, job, None) if with_status else None
+    ctx.jobs.keep(version, job, body)
+    return job, body
+
+
+async def _poll(ctx, request_id: str, owner: str, with_status: bool) -> tuple[Job, dict[str, Any] | None]:  # noqa: ANN001
+    """The caller's job (and its status body, ``with_status``): from the job cache on the event loop when it is
+    fresh there, else one trip to a worker thread. Another key's request is a 404 either way."""
+    entry = ctx.jobs.lookup(request_id)
+    if entry is not None and (not with_status or entry.status_body is not None):
+        if entry.job.owner != owner:
+            raise _not_found(request_id)
+        return entry.job, entry.status_body
+    return await to_thread.run_sync(_read_own, ctx, request_id, owner, with_status)
 
 
 def _current(ctx, job: Job) -> Job:  # noqa: ANN001
@@ -195,37 +240,48 @@ def status_body(ctx, job: Job, logs: list | None) -> dict[str, Any]:  # noqa: AN
     return body
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}/status", response_model=QueueStatus, summary="Request status",
+def _status_with_logs(ctx, request_id: str, owner: str) -> dict[str, Any]:  # noqa: ANN001
+    job = _own_job(ctx, request_id, owner)
+    return status_body(ctx, job, [line.to_fal() for line in ctx.store.logs(job.id)])
+
+
+async def _status_now(request: Request) -> JSONResponse:
+    """``status`` for a request as it comes (the direct handler: no parameter solving per poll)."""
+    return await _status(request, request.path_params["request_id"], owner_of_request(request),
+                         request.query_params.get("logs"))
+
+
+@router.get(paths.STATUS, response_model=QueueStatus, summary="Request status",
             responses=error_responses(401, 404, 503))
-def status(
-    owner_ns: str,
-    alias: str,
+@direct(_status_now)
+async def status(
     request_id: str,
     request: Request,
     owner: Annotated[str, Depends(require_owner)],
     logs: str | None = None,
 ) -> Any:
-    _check_app(owner_ns, alias)
+    return await _status(request, request_id, owner, logs)
+
+
+async def _status(request: Request, request_id: str, owner: str, logs: str | None) -> JSONResponse:
     ctx = get_ctx(request)
-    job = _own_job(ctx, request_id, owner)
-    entries = [line.to_fal() for line in ctx.store.logs(job.id)] if _flag(logs) else None
-    return JSONResponse(status_body(ctx, job, entries), headers=_request_headers(job.id))
+    if _flag(logs):  # log lines change without a status change: always read
+        body = await to_thread.run_sync(_status_with_logs, ctx, request_id, owner)
+    else:
+        _job, body = await _poll(ctx, request_id, owner, with_status=True)
+    return JSONResponse(body, headers=_request_headers(request_id))
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}/status/stream", summary="Status as Server-Sent Events",
-            response_class=StreamingResponse,
+@router.get(paths.STATUS_STREAM, summary="Status as Server-Sent Events", response_class=StreamingResponse,
             responses={200: {"description": "One `data:` event (a QueueStatus) per change",
                              "content": {"text/event-stream": {}}}, **error_responses(401, 404, 429, 503)})
 async def status_stream(
-    owner_ns: str,
-    alias: str,
     request_id: str,
     request: Request,
     owner: Annotated[str, Depends(require_owner)],
     logs: str | None = None,
 ) -> StreamingResponse:
     """One ``data:`` event per change, carrying only the *new* log lines; closed after the COMPLETED event."""
-    _check_app(owner_ns, alias)
     ctx = get_ctx(request)
     with_logs = _flag(logs)
     held = ctx.connections.hold(owner, "stream")  # 429 past the key's limit; released when the response ends
@@ -335,25 +391,31 @@ def result_response(job: Job, url_for: UrlRenderer) -> JSONResponse:
     return JSONResponse(render_output(job.result, url_for).model_dump(mode="json", exclude_none=True), headers=headers)
 
 
-@router.get("/{owner_ns}/{alias}/requests/{request_id}", response_model=PhotoMakerOutput, summary="Request result",
+async def _result_now(request: Request) -> JSONResponse:
+    """``result`` for a request as it comes (the direct handler)."""
+    return await _result(request, request.path_params["request_id"], owner_of_request(request))
+
+
+@router.get(paths.REQUEST, response_model=PhotoMakerOutput, summary="Request result",
             responses=error_responses(400, 401, 404, 422, 499, 500, 503, 504))
-def result(
-    owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
-) -> Any:
-    _check_app(owner_ns, alias)
+@direct(_result_now)
+async def result(request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]) -> Any:
+    return await _result(request, request_id, owner)
+
+
+async def _result(request: Request, request_id: str, owner: str) -> JSONResponse:
     ctx = get_ctx(request)
-    return result_response(_own_job(ctx, request_id, owner), ctx.file_url)
+    job, _body = await _poll(ctx, request_id, owner, with_status=False)
+    return result_response(job, ctx.file_url)
 
 
-@router.put("/{owner_ns}/{alias}/requests/{request_id}/cancel", summary="Cancel a request", status_code=202,
-            response_model=CancelAnswer,
+@router.put(paths.CANCEL, summary="Cancel a request", status_code=202, response_model=CancelAnswer,
             responses={400: {"model": CancelAnswer, "description": "The request had already finished"},
                        **error_responses(401, 404, 503)})
-def cancel(
-    owner_ns: str, alias: str, request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]
-) -> JSONResponse:
-    _check_app(owner_ns, alias)
-    outcome = get_ctx(request).store.request_cancel(request_id, owner)
+def cancel(request_id: str, request: Request, owner: Annotated[str, Depends(require_owner)]) -> JSONResponse:
+    ctx = get_ctx(request)
+    outcome = ctx.store.request_cancel(request_id, owner)
+    ctx.jobs.forget(request_id)  # this process's next poll reads the cancellation (its wake-up may come later)
     headers = _request_headers(request_id)
     if outcome == CancelOutcome.NOT_FOUND:
         return error_response(ErrorType.NOT_FOUND, f"Request {request_id} not found")
@@ -362,17 +424,14 @@ def cancel(
     return JSONResponse(CancelAnswer(status="CANCELLATION_REQUESTED").model_dump(), status_code=202, headers=headers)
 
 
-@router.post("/run/{owner_ns}/{alias}", response_model=PhotoMakerOutput, summary="Run synchronously",
+@router.post(paths.RUN, response_model=PhotoMakerOutput, summary="Run synchronously",
              responses=error_responses(400, 401, 413, 422, 429, 499, 500, 503, 504))
 async def run(
-    owner_ns: str,
-    alias: str,
     request: Request,
     payload: Annotated[dict[str, Any], INPUT_BODY],
     owner: Annotated[str, Depends(require_owner)],
 ) -> Any:
     """Queue the request and hold the connection until it finishes; a client that goes away cancels it."""
-    _check_app(owner_ns, alias)
     ctx = get_ctx(request)
     with ctx.connections.hold(owner, "run"):  # 429 past the key's limit, before anything is queued
         return await _run_held(ctx, request, payload, owner)

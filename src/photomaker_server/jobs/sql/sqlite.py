@@ -1,10 +1,18 @@
-"""SQLite specifics: WAL and PRAGMAs on every connection, and explicit BEGIN modes.
+"""SQLite specifics: WAL (switched once, by the store's first connection), PRAGMAs on every connection, explicit
+BEGIN modes, and a pool sized to the threads that use it.
 
 pysqlite's own implicit transaction handling is switched off (``isolation_level = None``) so that the ``begin``
-event decides how a transaction starts: ``BEGIN IMMEDIATE`` for writers, a plain deferred ``BEGIN`` (a consistent
-WAL snapshot, no lock) for readers. Taking the write lock up front is what makes a claim atomic across processes
-(a deferred transaction that reads and then writes can fail to upgrade its lock), and what serialises processes
-that open (and migrate) a fresh database together.
+event decides how a transaction starts: ``BEGIN IMMEDIATE`` for writers; readers run no ``BEGIN`` at all (every
+read is one statement, which SQLite runs on its own WAL snapshot; the pool's ROLLBACK on return is then a no-op in
+pysqlite: no statement either). Taking the write lock up front is what makes a claim atomic across processes (a
+deferred transaction that reads and then writes can fail to upgrade its lock), and what serialises processes that
+open (and migrate) a fresh database together.
+
+The pool: SQLAlchemy's default (5 kept, 10 more opened on demand and *closed* when returned) made every burst of
+API requests open new connections, each running the PRAGMAs again. A SQLite connection is a file handle and a page
+cache, so the pool keeps as many as there are threads that can use one at once (:data:`POOL_SIZE`: anyio's
+default worker threads plus the process's own background threads), none beyond that, and hands out the most
+recently used one first (its cache is warm; the others may sit idle).
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ WAL_SWITCH_RETRY_S = 0.02
 
 #: Execution option marking a connection whose transaction will write (→ ``BEGIN IMMEDIATE``).
 WRITE_OPTION = "photomaker_write"
+#: Execution option marking a connection that runs one read (→ no ``BEGIN``).
+READ_OPTION = "photomaker_read"
+#: Connections kept: anyio's default worker-thread limit (40: the API's sync routes and its trips to threads) plus
+#: the background threads of a process (housekeeper, key cache, webhook dispatcher, worker heartbeats and logs).
+POOL_SIZE = 40 + 8
 
 
 class SQLiteBackend:
@@ -41,6 +54,9 @@ class SQLiteBackend:
         if url.database in (None, "", ":memory:"):
             # One shared connection, or every checkout would see its own empty database.
             kwargs["poolclass"] = StaticPool
+        else:
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=0, pool_use_lifo=True)
+        self._wal_done = False
         engine = sa.create_engine(url, **kwargs)
         event.listen(engine, "connect", self._on_connect)
         event.listen(engine, "begin", self._on_begin)
@@ -52,7 +68,11 @@ class SQLiteBackend:
         try:
             # busy_timeout first: switching to WAL itself needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            self._switch_to_wal(cursor)
+            if not self._wal_done:
+                # WAL is the file's, not the connection's: switched by the store's first connection (the one that
+                # checks and upgrades the schema at open), not again by every connection after it.
+                self._switch_to_wal(cursor)
+                self._wal_done = True
             # WAL + NORMAL: durable across process crashes; only an OS crash may lose the last commits.
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
@@ -75,14 +95,18 @@ class SQLiteBackend:
 
     @staticmethod
     def _on_begin(conn: Connection) -> None:
-        mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
+        options = conn.get_execution_options()
+        if options.get(READ_OPTION):
+            return  # one statement: its own snapshot, no transaction around it
+        mode = "IMMEDIATE" if options.get(WRITE_OPTION) else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     # -- what the store asks of a backend --
 
     @staticmethod
     def prepare_read(conn: Connection) -> None:
-        """Nothing: a read is a deferred ``BEGIN`` (a WAL snapshot, no lock)."""
+        """A read is one statement: no ``BEGIN`` (SQLite gives the statement its own WAL snapshot, no lock)."""
+        conn.execution_options(**{READ_OPTION: True})
 
     @staticmethod
     def prepare_write(conn: Connection) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["WAKE_ALL", "NullWakeups", "Subscription", "Wakeups"]
@@ -111,6 +112,22 @@ class Hub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._topics: dict[str, set[Subscription]] = {}
+        #: Called with every topic this process hears (before its subscribers wake): see :meth:`observe`.
+        self._observers: tuple[Callable[[str], None], ...] = ()
+
+    def observe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(topic)`` for every event from now on (``WAKE_ALL`` after missed ones), from the
+        transport's thread, before any subscriber is woken. For per-process caches that must drop what a change
+        made stale (``api/job_cache.py``); returns the function that stops it. ``callback`` must be quick and must
+        not raise (errors are logged)."""
+        with self._lock:
+            self._observers = (*self._observers, callback)
+
+        def stop() -> None:
+            with self._lock:
+                self._observers = tuple(o for o in self._observers if o is not callback)
+
+        return stop
 
     def subscribe(self, topic: str, *more: str) -> Subscription:
         topics = tuple(dict.fromkeys((topic, *more)))
@@ -134,6 +151,11 @@ class Hub:
 
     def fan_out(self, topic: str) -> None:
         """Wake the subscribers of ``topic`` (of every topic for :data:`WAKE_ALL`)."""
+        for observer in self._observers:
+            try:
+                observer(topic)
+            except Exception:
+                log.exception("wake-up observer failed for %r", topic)
         with self._lock:
             if topic == WAKE_ALL:  # a set: a subscription to several topics is woken once
                 subs = list({s for group in self._topics.values() for s in group})
@@ -167,6 +189,16 @@ class Wakeups(Protocol):
 
     def close(self) -> None: ...
 
+    def observe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Every topic this process hears from now on goes to ``callback`` (see :meth:`Hub.observe`)."""
+        ...
+
+    @property
+    def live(self) -> bool:
+        """Whether events reach this process now. False while a transport is reconnecting (events are being
+        missed; a ``WAKE_ALL`` follows the reconnect): a cache kept fresh by events must not be trusted then."""
+        ...
+
 
 class HubWakeups:
     """Shared part of the transports: subscriptions live in a :class:`Hub`; subclasses deliver ``publish``."""
@@ -176,6 +208,14 @@ class HubWakeups:
 
     def subscribe(self, topic: str, *more: str) -> Subscription:
         return self._hub.subscribe(topic, *more)
+
+    def observe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        return self._hub.observe(callback)
+
+    @property
+    def live(self) -> bool:
+        """True: a transport that can miss events while reconnecting says so by overriding this."""
+        return True
 
     def close(self) -> None:
         self._hub.close_all()

@@ -98,6 +98,13 @@ class PostgresWakeups(HubWakeups):
         return conn
 
     @property
+    def live(self) -> bool:
+        """False from the moment the listener's connection fails until it is back (notifications sent meanwhile
+        are lost; the reconnect announces ``WAKE_ALL``)."""
+        conn = self._listener
+        return conn is not None and not conn.closed and not conn.broken and not self._closed
+
+    @property
     def listener_backend_pid(self) -> int | None:
         """The server process id of the listening connection (``pg_stat_activity.pid``); None while reconnecting."""
         conn = self._listener
@@ -159,9 +166,9 @@ class PostgresWakeups(HubWakeups):
                 if self._closing.is_set():
                     break
                 log.warning("wake-up listener lost its PostgreSQL connection: %s", _first_line(exc))
+                listener, self._listener = self._listener, None  # not live from here until the reconnect
                 with contextlib.suppress(Exception):
-                    self._listener.close()
-                self._listener = None
+                    listener.close()
                 self._closing.wait(delay * random.uniform(0.8, 1.2))  # a restarting server refuses at first
         if self._listener is not None:
             with contextlib.suppress(Exception):
