@@ -18,6 +18,8 @@ from photomaker_server.jobs.wakeups import WAKE_ALL, NullWakeups
 from photomaker_server.jobs.health import DatabaseHealth
 from photomaker_server.settings import APP_ID, Settings
 
+from helpers import stored_output
+
 KEY, OTHER = "polls-key-a", "polls-key-b"
 REQUEST = {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/faces.zip"}
 
@@ -75,7 +77,7 @@ def test_a_change_made_by_another_process_reaches_the_cached_status_through_its_
             assert ctx.jobs.hits == hits + 1  # answered from memory
             assert worker.store.claim("w", 30).id == job_id
             assert _wait_for(client, job_id, "IN_PROGRESS", within=5) < 5
-            assert worker.store.complete(job_id, "w", {"images": [], "seed": 1, "prompt": "p"}, 1.5)
+            assert worker.store.complete(job_id, "w", stored_output(), 1.5)
             _wait_for(client, job_id, "COMPLETED", within=5)
             body = _status(client, job_id)
             assert body["metrics"] == {"inference_time": 1.5}
@@ -103,7 +105,7 @@ def test_without_a_wake_up_the_cached_answer_stands_until_its_ttl(tmp_path):
             job_id = client.post(f"/{APP_ID}", json=REQUEST).json()["request_id"]
             silent.claim("w", 30)
             assert _status(client, job_id)["status"] == "IN_PROGRESS"
-            silent.complete(job_id, "w", {"images": []}, 1.0)
+            silent.complete(job_id, "w", stored_output(), 1.0)
             assert _status(client, job_id)["status"] == "IN_PROGRESS"  # from memory
             time.sleep(0.7)
             assert _status(client, job_id)["status"] == "COMPLETED"
