@@ -292,3 +292,22 @@ def test_a_depth_of_2_holds_two_jobs_ahead_and_no_more(running):
     w.engine.let(1, 2, 3, 4)
     wait_for(lambda: w.store.get(ids[3]).succeeded, what="job 4")
     assert w.engine.seen == [1, 2, 3, 4]
+
+
+def test_an_idle_worker_takes_new_work_before_a_busy_one_claims_it_ahead(running):
+    """Two workers, one busy: a job submitted now goes to the idle one, not into the busy one's prefetch slot (the
+    claim ahead waits ``AHEAD_DEFER_S``; the idle worker claims on the wake-up). Several rounds: the race this
+    deferral settles would otherwise go either way."""
+    busy = running()
+    first = busy.submit(1)
+    assert busy.engine.next_started() == 1  # on the busy worker's device, held there
+    idle = running()
+    wait_for(lambda: idle.worker.info.state == "ready", what="the second worker to be ready")
+    for seed in (2, 3, 4):
+        job_id = busy.submit(seed)
+        assert idle.engine.next_started() == seed, f"job {seed} did not go to the idle worker"
+        idle.engine.let(seed)
+        wait_for(lambda: busy.store.get(job_id, with_input=False).is_finished, what=f"job {seed}")
+    busy.engine.let(1)
+    wait_for(lambda: busy.store.get(first, with_input=False).is_finished, what="the first job")
+    assert busy.engine.seen == [1]

@@ -16,7 +16,9 @@ A prefetched job is an ordinary claim: it is RUNNING in the store and holds a le
 - if the process dies, its lease runs out and it is requeued, like the job on the device.
 
 Claims go through the store's one claim (its order and per-key fairness), never more than N ahead, and prefetched
-jobs reach the device in the order they were claimed.
+jobs reach the device in the order they were claimed. While the device is busy, a claim ahead waits
+``AHEAD_DEFER_S`` after the work appeared, so that with several workers an idle one takes a new job first instead of
+it queueing behind a busy device.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ STOP_CHECK_S = 0.2
 WATCH_S = 0.2
 #: A job that waited at least this long for the device says so in its log.
 WAIT_WORTH_LOGGING_S = 0.1
+#: While its device is busy, the prefetch thread lets this long pass between a job becoming claimable and its claim
+#: ahead: an idle worker of the deployment claims within milliseconds of the ``work`` wake-up, and should get the job
+#: rather than have it wait behind this worker's device. Short next to any job's inference, so the next job's
+#: inputs are still read long before the device is free.
+AHEAD_DEFER_S = 0.1
 
 
 @dataclass
@@ -81,11 +88,14 @@ class ClaimLoop:
         self.worker, self.work = worker, work
         self.woken = False
 
-    def claim(self) -> Job | None:
-        """The claimed job, or None after an idle wait (the caller looks again)."""
+    def claim(self, defer_s: float = 0.0) -> Job | None:
+        """The claimed job, or None after an idle wait (the caller looks again). ``defer_s``: when there is work,
+        wait this long before claiming it (a claim ahead of a busy device gives idle workers the first pick)."""
         # After a `work` wake-up a job is almost surely there: claim at once. Otherwise look first with a read
         # (on SQLite a claim takes the database's write lock, even when it finds nothing).
         runnable = self.woken or self.worker.store.has_work()
+        if runnable and defer_s > 0 and self.worker.stop.wait(defer_s):
+            return None
         job = self.worker.claim() if runnable else None
         self.woken = False if job is not None else self._idle()
         return job
@@ -137,6 +147,8 @@ class PrefetchFeed:
         self.worker, self.claims, self.depth = worker, claims, depth
         self._cond = threading.Condition()
         self._slots: deque[_Slot] = deque()  # claim order; only preparing and ready slots; guarded by _cond
+        #: True from the moment the device takes a job until it asks for the next (``next``).
+        self._device_busy = False
         self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
         self._thread.start()
 
@@ -144,6 +156,7 @@ class PrefetchFeed:
     def next(self) -> Claimed | None:
         """The oldest prefetched job once its inputs are ready; None after ``STOP_CHECK_S`` without one."""
         with self._cond:
+            self._device_busy = False
             deadline = time.monotonic() + STOP_CHECK_S
             while not (self._slots and self._slots[0].state == "ready"):
                 left = deadline - time.monotonic()
@@ -152,6 +165,7 @@ class PrefetchFeed:
                 self._cond.wait(left)
             slot = self._slots.popleft()
             slot.state = "taken"
+            self._device_busy = True
             self._cond.notify_all()  # a place for the next prefetch
         claimed = slot.claimed
         waited = time.monotonic() - (claimed.ready_at or time.monotonic())
@@ -178,7 +192,9 @@ class PrefetchFeed:
                         with self._cond:
                             self._cond.wait(WATCH_S)  # a place comes free when the device takes a job
                         continue
-                    job = self.claims.claim()
+                    with self._cond:
+                        ahead = self._device_busy
+                    job = self.claims.claim(AHEAD_DEFER_S if ahead else 0.0)
                     if job is not None and self.worker.stop.is_set():  # the stop came while claiming: never started
                         self.worker.release(job)
                     elif job is not None:
