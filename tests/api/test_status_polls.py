@@ -264,3 +264,18 @@ def test_job_cache_drops_what_an_event_made_stale_and_never_keeps_a_read_that_ra
     assert cache.lookup("r1") is None
     cache.close()
     wakeups.close()
+
+
+def test_job_cache_keeps_no_result_with_megabytes_of_inline_images():
+    """A ``sync_mode`` result holds its images as data URIs: thousands of those kept would be gigabytes, so such a
+    job is read from the database at each poll; a result of stored files is kept."""
+    from photomaker_server.api.job_cache import MAX_INLINE_CHARS
+
+    wakeups = NullWakeups()
+    cache = JobCache(wakeups, DatabaseHealth())
+    inline = stored_output(urls=("data:image/png;base64," + "A" * MAX_INLINE_CHARS,))
+    cache.keep(cache.version(), replace(_job("big", JobStatus.COMPLETED), result=inline))
+    cache.keep(cache.version(), replace(_job("small", JobStatus.COMPLETED), result=stored_output("tok/out.png")))
+    assert cache.lookup("big") is None and cache.lookup("small") is not None
+    cache.close()
+    wakeups.close()

@@ -35,6 +35,9 @@ __all__ = ["Cached", "JobCache", "MAX_ENTRIES", "TTL_S"]
 TTL_S = 1.0
 #: Entries kept at most; the oldest go first (a poll of an evicted job just reads the database).
 MAX_ENTRIES = 20_000
+#: A job whose result carries more inline image data than this (``sync_mode``: data URIs of megabytes) is not kept:
+#: 20,000 of them would be gigabytes of this process's memory. Its polls read the database, as before the cache.
+MAX_INLINE_CHARS = 64 * 1024
 
 _JOB_PREFIX = "job:"
 
@@ -87,7 +90,7 @@ class JobCache:
 
     def keep(self, version: int, job: Job, status_body: dict[str, Any] | None = None) -> None:
         """Remember ``job`` (read after :meth:`version` returned ``version``) and its status body, if any."""
-        if not self.enabled:
+        if not self.enabled or _inline_chars(job) > MAX_INLINE_CHARS:
             return
         with self._lock:
             if version != self._version:  # something changed while it was read: the next poll reads again
@@ -136,3 +139,10 @@ class JobCache:
         with self._lock:
             self._entries.clear()
             self._queued.clear()
+
+
+def _inline_chars(job: Job) -> int:
+    """Characters of image data held in the job's result itself (data URIs of ``sync_mode``)."""
+    if job.result is None:
+        return 0
+    return sum(len(image.file.url) for image in job.result.images if image.file.url is not None)
