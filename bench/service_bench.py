@@ -219,8 +219,11 @@ def phase_overhead(server: LiveServer, body: dict, n: int, mode: str, poll_inter
             if final.get("error"):
                 raise RuntimeError(f"job failed: {final['error']}")
             inference = final["metrics"]["inference_time"]
-            row = {"end_to_end_s": seen - submitted, "inference_time_s": inference,
-                   "overhead_s": seen - submitted - inference, "polls": polls, **timing}
+            # The job's own work is its inference and its input reading (issue 14: "overhead beyond its own work").
+            inputs = client.get(f"/{APP}/requests/{request_id}").json()["timings"].get("inputs", 0.0)
+            row = {"end_to_end_s": seen - submitted, "inference_time_s": inference, "inputs_s": inputs,
+                   "overhead_s": seen - submitted - inference, "overhead_beyond_work_s": seen - submitted - inference - inputs,
+                   "polls": polls, **timing}
             row.update({k: v for k, v in job_breakdown(client, request_id, submitted).items() if k != "inference_time_s"})
             if "claim_to_completed_log_s" in row:
                 row["completed_log_to_seen_s"] = row["end_to_end_s"] - row["submit_to_claim_s"] - row["claim_to_completed_log_s"]
@@ -228,7 +231,8 @@ def phase_overhead(server: LiveServer, body: dict, n: int, mode: str, poll_inter
                 row["job_run_minus_inference_s"] = row["claim_to_completed_log_s"] - inference
             rows.append(row)
 
-    keys = ["end_to_end_s", "inference_time_s", "overhead_s", "submit_http_s", "submit_to_claim_s",
+    keys = ["end_to_end_s", "inference_time_s", "inputs_s", "overhead_s", "overhead_beyond_work_s", "submit_http_s",
+            "submit_to_claim_s",
             "claim_to_completed_log_s", "job_run_minus_inference_s", "saving_to_completed_s", "completed_log_to_seen_s"]
     return {"mode": mode, "jobs": n, **({"poll_interval_s": poll_interval} if mode == "poll" else {}),
             **{k: dist_ms([r[k] for r in rows if r.get(k) is not None]) for k in keys}, "rows": rows}
@@ -646,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-seconds", type=float, default=6.0)
     parser.add_argument("--tiny-root", type=Path, default=None, help="reuse a tiny model dir (default: build in temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--only-overhead", action="store_true", help="only phase (a), then stop")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -692,8 +697,15 @@ def main(argv: list[str] | None = None) -> int:
             report["overhead"][mode] = res
             print(f"(a) overhead [{mode}]: end-to-end {res['end_to_end_s']['p50']} ms p50, inference "
                   f"{res['inference_time_s']['p50']} ms, overhead p50 {res['overhead_s']['p50']} ms "
-                  f"p90 {res['overhead_s']['p90']} ms; claim wait p50 {res['submit_to_claim_s']['p50']} ms", flush=True)
+                  f"p90 {res['overhead_s']['p90']} ms; beyond inputs + inference p50 "
+                  f"{res['overhead_beyond_work_s']['p50']} ms; claim wait p50 {res['submit_to_claim_s']['p50']} ms",
+                  flush=True)
         report["memory_after_jobs"] = memory(pids)
+        if args.only_overhead:
+            report["load_end"] = loadavg()
+            if args.json_out:
+                args.json_out.write_text(json.dumps(report, indent=1))
+            return 0
 
         # (b) status polling on finished jobs; the worker is paused so that only the API's cost is measured
         with server.client() as client:

@@ -69,8 +69,11 @@ def test_a_change_made_by_another_process_reaches_the_cached_status_through_its_
     ctx.jobs = JobCache(ctx.wakeups, ctx.store.health, ttl_s=60)  # only a wake-up can refresh an entry now
     worker = open_deployment(settings)
     try:
-        with _client(app) as client:
+        with _client(app) as client, ctx.wakeups.subscribe("work") as submitted:
             job_id = client.post(f"/{APP_ID}", json=REQUEST).json()["request_id"]
+            # The submit's own `work` wake-up (on PostgreSQL a NOTIFY, heard a moment after the commit) drops queued
+            # entries: let it arrive first, so that what follows tests the cache rather than that race.
+            assert submitted.wait(5)
             assert _status(client, job_id)["status"] == "IN_QUEUE"
             hits = ctx.jobs.hits
             assert _status(client, job_id)["status"] == "IN_QUEUE"

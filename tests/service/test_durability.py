@@ -91,7 +91,7 @@ def test_a_worker_killed_with_a_prefetched_job_loses_neither(tiny_root, tmp_path
         running = api.long_job(60, seed=3)
         prefetched = api.submit(small(seed=4))
         assert api.wait_for_log(running, "Step ")["status"] == "IN_PROGRESS"
-        body = api.wait_for_log(prefetched, "Started on worker")  # claimed while the other is on the device
+        body = api.wait_for_log(prefetched, "Claimed by worker")  # claimed while the other is on the device
         assert body["status"] == "IN_PROGRESS" and not any(m.startswith("Step ") for m in messages(body)), body
         os.kill(_worker_pid(server), signal.SIGKILL)
         for request_id in (running, prefetched):

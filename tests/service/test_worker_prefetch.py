@@ -161,6 +161,12 @@ def test_the_next_job_is_read_while_the_device_is_busy_and_follows_at_once(runni
     lines = _messages(w.store, second)
     assert any(m.startswith("Inputs ready; waited") for m in lines), lines
     assert lines[-1] == "Completed"
+    # Claimed ahead: its log says so, and says "Started" once, when it reached the device (after job 1's start).
+    claimed = [i for i, m in enumerate(lines) if m.startswith("Claimed by worker")]
+    started = [i for i, m in enumerate(lines) if m.startswith("Started on worker")]
+    assert len(claimed) == 1 and len(started) == 1 and claimed[0] < started[0], lines
+    assert [m for m in _messages(w.store, first) if m.startswith(("Started", "Claimed"))] == [
+        f"Started on worker {w.worker.worker_id}"]
 
 
 def test_depth_0_claims_only_when_the_device_is_free(running):

@@ -64,6 +64,8 @@ class Claimed:
     error: Exception | None = None
     #: ``time.monotonic()`` when its inputs were ready.
     ready_at: float | None = None
+    #: Claimed while the device ran another job (its "Started" line is written when it reaches the device).
+    ahead: bool = False
 
 
 class JobHandler(Protocol):
@@ -72,7 +74,7 @@ class JobHandler(Protocol):
     store: JobStore
     stop: threading.Event
 
-    def begin(self, job: Job) -> Claimed: ...
+    def begin(self, job: Job, *, ahead: bool = False) -> Claimed: ...
     def read_inputs(self, claimed: Claimed) -> None: ...
     def must_not_run(self, claimed: Claimed, *, waiting: bool) -> bool: ...
     def settle(self, claimed: Claimed, *, waiting: bool) -> None: ...
@@ -192,13 +194,13 @@ class PrefetchFeed:
                         with self._cond:
                             self._cond.wait(WATCH_S)  # a place comes free when the device takes a job
                         continue
-                    with self._cond:
-                        ahead = self._device_busy
+                    with self._cond:  # a job on the device, or others already waiting for it
+                        ahead = self._device_busy or bool(self._slots)
                     job = self.claims.claim(AHEAD_DEFER_S if ahead else 0.0)
                     if job is not None and self.worker.stop.is_set():  # the stop came while claiming: never started
                         self.worker.release(job)
                     elif job is not None:
-                        self._prepare(job)
+                        self._prepare(job, ahead)
                 except StoreUnavailable:  # logged once per outage by the store; the leases are kept through it
                     self.worker.stop.wait(1.0)
                 except Exception:  # noqa: BLE001 - the database broke otherwise: try again shortly
@@ -211,8 +213,8 @@ class PrefetchFeed:
         with self._cond:
             return len(self._slots) >= self.depth
 
-    def _prepare(self, job: Job) -> None:
-        claimed = self.worker.begin(job)
+    def _prepare(self, job: Job, ahead: bool) -> None:
+        claimed = self.worker.begin(job, ahead=ahead)
         slot = _Slot(claimed)
         with self._cond:
             self._slots.append(slot)

@@ -201,14 +201,18 @@ class Worker:
         if self.store.release(job.id, self.worker_id):
             log.info("handed %s back to the queue (worker stopping)", job.id)
 
-    def begin(self, job: Job) -> Claimed:
-        """Start a claimed job's run: from here its lease is renewed and its cancellation watched."""
+    def begin(self, job: Job, *, ahead: bool = False) -> Claimed:
+        """Start a claimed job's run: from here its lease is renewed and its cancellation watched. ``ahead``: claimed
+        while the device runs another job; its log says it started only when it reaches the device."""
         run = JobRun(self.store, job, self.worker_id, self.settings.lease_seconds).__enter__()
-        attempt = f" (attempt {job.attempts} of {job.max_attempts})" if job.attempts > 1 else ""
-        run.log(f"Started on worker {self.worker_id}{attempt}")
+        if ahead:
+            run.log(f"Claimed by worker {self.worker_id}{_attempt(job)}: its inputs are read while the device "
+                    "finishes another request")
+        else:
+            run.log(f"Started on worker {self.worker_id}{_attempt(job)}")
         if self.settings.tiny:
             run.log("This server runs the random-weight demo model: images are noise and resemble no one", "WARN")
-        return Claimed(job, run)
+        return Claimed(job, run, ahead=ahead)
 
     def read_inputs(self, claimed: Claimed) -> None:
         """Read the job's request and inputs (the CPU half of a job); a failure is kept for :meth:`settle`."""
@@ -276,6 +280,8 @@ class Worker:
         if self.must_not_run(claimed, waiting=False):
             self.settle(claimed, waiting=False)
             return
+        if claimed.ahead:
+            run.log(f"Started on worker {self.worker_id}{_attempt(job)}")
         try:
             assert claimed.loaded is not None
             done = self._generate(job, run, claimed.loaded)
@@ -424,3 +430,7 @@ class Worker:
         run.log(message, "ERROR")
         run.flush()
         self._finish(job, run, "error", lambda: self.store.fail(job.id, self.worker_id, message, error_type))
+
+
+def _attempt(job: Job) -> str:
+    return f" (attempt {job.attempts} of {job.max_attempts})" if job.attempts > 1 else ""
