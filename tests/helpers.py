@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import threading
+import zipfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,3 +49,42 @@ def stored_output(*keys: str, seed: int = 1, prompt: str = "a photo of a person 
     images = [StoredImage(file=ref, content_type="image/png", file_name=f"out-{i}.png", file_size=3, width=8,
                           height=8) for i, ref in enumerate(refs)]
     return StoredOutput(images=images, seed=seed, prompt=prompt)
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def zip_bytes(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+class FlakyStore:
+    """A real job store, unreachable while ``down`` is set (each call fails as a refused connection would)."""
+
+    def __init__(self, store) -> None:  # noqa: ANN001
+        self._store, self.health, self.down = store, store.health, threading.Event()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        from photomaker_server.jobs.records import StoreUnavailable
+
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if self.down.is_set():
+                self.health.failed("connection refused (simulated)")
+                raise StoreUnavailable("the database is unreachable: connection refused (simulated)")
+            return attr(*args, **kwargs)
+
+        return call
+
+    def outage(self, seconds: float) -> None:
+        """Down now, back after ``seconds`` (from another thread)."""
+        self.down.set()
+        threading.Timer(seconds, self.down.clear).start()

@@ -5,7 +5,6 @@ accepts without decompressing an entry or decoding a pixel: the fast path checks
 from __future__ import annotations
 
 import base64
-import io
 import struct
 import zipfile
 import zlib
@@ -14,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers import image_bytes, make_face
+from helpers import data_uri, image_bytes, make_face, zip_bytes
 from photomaker_server.api import data_uris
 from photomaker_server.api.app import create_app
 from photomaker_server.settings import APP_ID, Settings
@@ -22,18 +21,6 @@ from photomaker_server.settings import APP_ID, Settings
 KEY = "key-corpus"
 PNG = image_bytes(make_face(1, size=(48, 48)))
 MAX_DATA_URI_BYTES = 64 * 1024
-
-
-def b64(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def zipped(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -44,7 +31,7 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
-GOOD = b64(PNG)
+GOOD = data_uri(PNG)
 ENCODED = base64.b64encode(PNG).decode()
 
 #: (case, data URI, error type); each is sent in every field that takes a data URI.
@@ -58,14 +45,14 @@ HOSTILE: list[tuple[str, str, str]] = [
     ("no comma", "data:image/png;base64", "data_uri_invalid"),
     ("empty", "data:,", "data_uri_invalid"),
     ("empty base64", "data:image/png;base64,", "data_uri_invalid"),
-    ("text", b64(b"just some text, not a photo"), "data_uri_content"),
-    ("html claiming to be a PNG", b64(b"<html><script>alert(1)</script></html>"), "data_uri_content"),
-    ("pdf", b64(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "application/pdf"), "data_uri_content"),
-    ("gzip", b64(zlib.compress(PNG, wbits=31), "application/gzip"), "data_uri_content"),
-    ("ELF executable", b64(b"\x7fELF\x02\x01\x01" + bytes(64), "application/octet-stream"), "data_uri_content"),
+    ("text", data_uri(b"just some text, not a photo"), "data_uri_content"),
+    ("html claiming to be a PNG", data_uri(b"<html><script>alert(1)</script></html>"), "data_uri_content"),
+    ("pdf", data_uri(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "application/pdf"), "data_uri_content"),
+    ("gzip", data_uri(zlib.compress(PNG, wbits=31), "application/gzip"), "data_uri_content"),
+    ("ELF executable", data_uri(b"\x7fELF\x02\x01\x01" + bytes(64), "application/octet-stream"), "data_uri_content"),
     ("percent-encoded text", "data:text/plain,hello%20there", "data_uri_content"),
-    ("PNG magic cut short", b64(b"\x89PNG\r\n"), "data_uri_content"),
-    ("over max_data_uri_bytes", b64(PNG[:16] + bytes(MAX_DATA_URI_BYTES)), "data_uri_too_large"),
+    ("PNG magic cut short", data_uri(b"\x89PNG\r\n"), "data_uri_content"),
+    ("over max_data_uri_bytes", data_uri(PNG[:16] + bytes(MAX_DATA_URI_BYTES)), "data_uri_too_large"),
 ]
 
 
@@ -106,20 +93,20 @@ def test_every_hostile_data_uri_is_a_422_naming_its_field(client, field, fields,
 
 
 def test_a_zip_is_no_initial_image(client):
-    response = submit(client, initial_image_url=b64(zipped({"a.png": PNG}), "application/zip"))
+    response = submit(client, initial_image_url=data_uri(zip_bytes({"a.png": PNG}), "application/zip"))
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "initial_image_url"]
 
 
 #: Inputs only the worker can judge: accepted at submit, by magic bytes and headers, and refused by the worker.
 LEFT_TO_THE_WORKER = [
     ("PNG claiming 100000x100000", png_claiming(100_000, 100_000), "image/png"),
-    ("zip of a PNG claiming 100000x100000", zipped({"a.png": png_claiming(100_000, 100_000)}), "application/zip"),
-    ("zip bomb", zipped({"bomb.png": b"\x89PNG\r\n\x1a\n" + bytes(8 << 20)}), "application/zip"),
-    ("nested zip", zipped({"inner.zip": zipped({"a.png": PNG})}), "application/zip"),
-    ("zip with a lying size header", zipped({"a.png": PNG}, zipfile.ZIP_STORED).replace(
+    ("zip of a PNG claiming 100000x100000", zip_bytes({"a.png": png_claiming(100_000, 100_000)}), "application/zip"),
+    ("zip bomb", zip_bytes({"bomb.png": b"\x89PNG\r\n\x1a\n" + bytes(8 << 20)}), "application/zip"),
+    ("nested zip", zip_bytes({"inner.zip": zip_bytes({"a.png": PNG})}), "application/zip"),
+    ("zip with a lying size header", zip_bytes({"a.png": PNG}, zipfile.ZIP_STORED).replace(
         struct.pack("<I", len(PNG)), struct.pack("<I", 0x7FFFFFFF)), "application/zip"),
     ("zip signature then garbage", b"PK\x03\x04" + bytes(range(200)), "application/zip"),
-    ("GIF and zip polyglot", b"GIF89a" + bytes(20) + zipped({"a.png": PNG}), "image/gif"),
+    ("GIF and zip polyglot", b"GIF89a" + bytes(20) + zip_bytes({"a.png": PNG}), "image/gif"),
 ]
 
 
@@ -132,7 +119,7 @@ def test_submit_never_decompresses_or_decodes(client, monkeypatch, name, data, m
     monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
     settings = client.app.state.ctx.settings
     response = client.post(f"/{APP_ID}", headers={"Authorization": f"Key {KEY}"},
-                           json={"prompt": "a photo of a man img", "image_archive_url": b64(data, mime)})
+                           json={"prompt": "a photo of a man img", "image_archive_url": data_uri(data, mime)})
     assert response.status_code == 200, (name, response.text[:300])
     assert len(stored_files(client)) == 1 and settings.max_data_uri_bytes == MAX_DATA_URI_BYTES
 
@@ -146,7 +133,7 @@ def test_the_same_data_uri_named_six_times_is_decoded_and_stored_once(client, mo
         return real(url, max_bytes)
 
     monkeypatch.setattr(data_uris, "decode_data_uri", counting)
-    archive = b64(zipped({"a.png": PNG}), "application/zip")
+    archive = data_uri(zip_bytes({"a.png": PNG}), "application/zip")
     same_text = "".join(archive)  # equal, but another string object
     assert same_text is not archive
     response = submit(client, image_archive_url=archive, image_urls=[archive, same_text, archive, GOOD, archive])

@@ -3,7 +3,6 @@ and ``/metrics`` answer at once; past the wait the answer is the 503 a client ca
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 
@@ -18,33 +17,10 @@ from photomaker_server.jobs.health import DatabaseHealth
 from photomaker_server.jobs.records import StoreUnavailable
 from photomaker_server.settings import APP_ID, Settings
 
+from helpers import FlakyStore
+
 KEY = "db-wait-test-key"
 REQUEST = {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/faces.zip"}
-
-
-class FlakyStore:
-    """The real store, unreachable while ``down`` is set (each call fails as a refused connection would)."""
-
-    def __init__(self, store) -> None:  # noqa: ANN001
-        self._store, self.health, self.down = store, store.health, threading.Event()
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            if self.down.is_set():
-                self.health.failed("connection refused (simulated)")
-                raise StoreUnavailable("the database is unreachable: connection refused (simulated)")
-            return attr(*args, **kwargs)
-
-        return call
-
-    def outage(self, seconds: float) -> None:
-        """Down now, back after ``seconds`` (from another thread)."""
-        self.down.set()
-        threading.Timer(seconds, self.down.clear).start()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ per-key isolation, read-your-own cancel, and the 503 while the database is down.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 
@@ -18,7 +17,7 @@ from photomaker_server.jobs.wakeups import WAKE_ALL, NullWakeups
 from photomaker_server.jobs.health import DatabaseHealth
 from photomaker_server.settings import APP_ID, Settings
 
-from helpers import stored_output
+from helpers import FlakyStore, stored_output
 
 KEY, OTHER = "polls-key-a", "polls-key-b"
 REQUEST = {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/faces.zip"}
@@ -158,30 +157,10 @@ def test_a_cancel_is_seen_by_the_next_poll_of_this_process(tmp_path):
         ctx.store.close()
 
 
-class _FlakyStore:
-    """The real store, unreachable while ``down`` is set."""
-
-    def __init__(self, store) -> None:  # noqa: ANN001
-        self._store, self.health, self.down = store, store.health, threading.Event()
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            if self.down.is_set():
-                self.health.failed("connection refused (simulated)")
-                raise StoreUnavailable("the database is unreachable (simulated)")
-            return attr(*args, **kwargs)
-
-        return call
-
-
 def test_a_poll_while_the_database_is_down_is_a_503_not_a_cached_answer(tmp_path):
     settings = _settings(tmp_path, database_wait_s=0.3)
     deployment = open_deployment(settings)
-    store = _FlakyStore(deployment.store)
+    store = FlakyStore(deployment.store)
     app = create_app(ctx=build_context(settings, replace(deployment, store=store)), housekeeping=False)
     try:
         with _client(app) as client:

@@ -8,9 +8,7 @@ local HTTP server is reachable from its worker; every other private address must
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import json
 import threading
 import time
@@ -22,21 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from helpers import image_bytes, make_face
+from helpers import data_uri, zip_bytes  # noqa: F401 (tests import them from here too)
 from live_server import API_KEY, APP
 
 FACE_PNG = image_bytes(make_face(0))
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def zip_bytes(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
 
 
 def photos_zip(n: int = 3) -> bytes:

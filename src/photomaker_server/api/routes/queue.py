@@ -308,8 +308,7 @@ async def _open_stream(ctx, request: Request, request_id: str, owner: str, with_
     try:
         changes = ctx.wakeups.subscribe(*topics)
     except ValueError:  # not a topic (a newline in the id): no such request either
-        raise HTTPException(404, f"Request {request_id} not found",
-                            headers={"X-Fal-Error-Type": ErrorType.NOT_FOUND}) from None
+        raise _not_found(request_id) from None
     try:
         first = await to_thread.run_sync(look, None, 0)
     except BaseException:

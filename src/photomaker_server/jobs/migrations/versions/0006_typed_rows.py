@@ -51,29 +51,26 @@ def _unref(value: Any) -> Any:
     return value
 
 
-def request_to_refs(request: Any) -> Any:
-    """A stored request with its file fields as ``{"url": …}`` references (those already converted stay)."""
+def _map_files(request: Any, convert: Callable[[Any], Any]) -> Any:
+    """``request`` (a stored request's JSON) with ``convert`` applied to every file field."""
     if not isinstance(request, dict):
         return request
     out = dict(request)
     for field in _SINGLE_FILE_FIELDS:
         if field in out and out[field] is not None:
-            out[field] = _ref(out[field])
+            out[field] = convert(out[field])
     if isinstance(out.get("image_urls"), list):
-        out["image_urls"] = [_ref(v) for v in out["image_urls"]]
+        out["image_urls"] = [convert(v) for v in out["image_urls"]]
     return out
+
+
+def request_to_refs(request: Any) -> Any:
+    """A stored request with its file fields as ``{"url": …}`` references (those already converted stay)."""
+    return _map_files(request, _ref)
 
 
 def request_from_refs(request: Any) -> Any:
-    if not isinstance(request, dict):
-        return request
-    out = dict(request)
-    for field in _SINGLE_FILE_FIELDS:
-        if field in out and out[field] is not None:
-            out[field] = _unref(out[field])
-    if isinstance(out.get("image_urls"), list):
-        out["image_urls"] = [_unref(v) for v in out["image_urls"]]
-    return out
+    return _map_files(request, _unref)
 
 
 def output_to_refs(output: Any) -> Any:
