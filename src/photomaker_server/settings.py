@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     #: Status streams (SSE) and held ``/run`` calls one key may have open at once, per API process.
     max_streams_per_key: int = Field(default=32, ge=0)
     max_held_runs_per_key: int = Field(default=16, ge=0)
+    #: A client polling the status of a running request in a loop gets its next answer when the request changes
+    #: (finishes, or logs a line it asked for) or after this many seconds, whichever is first, so it learns of the
+    #: end at once instead of up to a poll interval later (``api/held_polls.py``). 0: every poll answered at once.
+    status_hold_s: float = Field(default=1.0, ge=0, le=30)
 
     # --- connections (uvicorn) ----------------------------------------------------------------------
     #: Seconds a client has to send a request's line and headers (from connecting, or from the first byte of the

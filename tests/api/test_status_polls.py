@@ -96,7 +96,8 @@ def test_a_change_made_by_another_process_reaches_the_cached_status_through_its_
 def test_without_a_wake_up_the_cached_answer_stands_until_its_ttl(tmp_path):
     """The control for the test above: a change nobody announces is seen only after the TTL (so the cache really
     answers, and the TTL really bounds a lost wake-up)."""
-    app = create_app(_settings(tmp_path), housekeeping=False)
+    # Polls answered at once: a held poll would wait out the (never coming) wake-up and then read the database.
+    app = create_app(_settings(tmp_path, status_hold_s=0), housekeeping=False)
     ctx = app.state.ctx
     ctx.jobs = JobCache(ctx.wakeups, ctx.store.health, ttl_s=0.6)
     from photomaker_server.jobs.factory import open_job_store

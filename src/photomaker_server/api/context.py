@@ -17,6 +17,7 @@ from ..storage.base import FileStorage
 from ..webhooks import WebhookDispatcher, WebhookSigner
 from .auth import KeyRing
 from .connections import ConnectionBudget
+from .held_polls import RepeatPolls
 from .job_cache import JobCache
 from .recent import Recent
 from .stored_files import QuotaStorage
@@ -40,6 +41,8 @@ class AppContext:
     jobs: JobCache
     #: The live workers as last read (``/health`` and ``/ready`` read the registry at most every half second).
     workers: Recent[list[WorkerInfo]]
+    #: Which request each connection polled last: a repeat poll of a running request is held (``held_polls.py``).
+    polls: RepeatPolls = field(default_factory=RepeatPolls)
     demo_warning: str | None = None
     housekeeper: Housekeeper | None = field(default=None, repr=False)
     webhooks: WebhookDispatcher | None = field(default=None, repr=False)

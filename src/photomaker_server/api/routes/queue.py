@@ -5,7 +5,8 @@ Handlers are thin: validate, talk to the job store, shape fal's envelopes. Work 
 The paths name this server's one app literally (``api/paths.py``); other app ids get a 404 from the catch-all
 routes of :data:`unknown_apps`, which the app registers after every fixed path. Status and result polls are
 ``async`` and answer from this process's :class:`~..job_cache.JobCache` when they can (on the event loop, no thread
-hop, no database read); otherwise they read the job in one trip to a worker thread.
+hop, no database read); otherwise they read the job in one trip to a worker thread. A client polling a running
+request in a loop gets its next answer when the request changes (``api/held_polls.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ...urls import UrlError, parse_http_url
 from .. import paths
 from ..auth import owner_of_request, require_owner
 from ..direct_route import DirectRoute, direct
+from ..held_polls import connection_of
 from ..connections import Held
 from ..context import get_ctx
 from ..data_uris import DataUriRefused, store_data_uris, unpack_budget
@@ -265,11 +267,38 @@ async def status(
 
 async def _status(request: Request, request_id: str, owner: str, logs: str | None) -> JSONResponse:
     ctx = get_ctx(request)
-    if _flag(logs):  # log lines change without a status change: always read
-        body = await to_thread.run_sync(_status_with_logs, ctx, request_id, owner)
+    with_logs = _flag(logs)
+    changes = _hold_subscription(ctx, request, request_id, owner, with_logs)
+    if changes is None:
+        body = await _status_answer(ctx, request_id, owner, with_logs)
     else:
-        _job, body = await _poll(ctx, request_id, owner, with_status=True)
+        with changes:  # subscribed before the read: a change after it ends the hold, never goes unheard
+            body = await _status_answer(ctx, request_id, owner, with_logs)
+            if body["status"] == "IN_PROGRESS":  # answered when it changes, or after the hold: read afresh either way
+                await changes.wait_async(ctx.settings.status_hold_s)
+                body = await _status_answer(ctx, request_id, owner, with_logs)
     return JSONResponse(body, headers=_request_headers(request_id))
+
+
+async def _status_answer(ctx, request_id: str, owner: str, with_logs: bool) -> dict[str, Any]:  # noqa: ANN001
+    if with_logs:  # log lines change without a status change: always read
+        return await to_thread.run_sync(_status_with_logs, ctx, request_id, owner)
+    _job, body = await _poll(ctx, request_id, owner, with_status=True)
+    return body
+
+
+def _hold_subscription(ctx, request: Request, request_id: str, owner: str,  # noqa: ANN001
+                       with_logs: bool) -> Subscription | None:
+    """The wake-ups a held poll waits on, when this poll may be held (``api/held_polls.py``): the connection asked
+    about this same request last time, holding is on, and changes can be heard now."""
+    repeats = ctx.polls.repeats(connection_of(request.scope, owner), request_id)
+    if not (repeats and ctx.settings.status_hold_s > 0 and ctx.store.health.up and getattr(ctx.wakeups, "live", True)):
+        return None
+    topics = (job_topic(request_id), log_topic(request_id)) if with_logs else (job_topic(request_id),)
+    try:
+        return ctx.wakeups.subscribe(*topics)
+    except ValueError:  # not a topic (a newline in the id): no such request; the read answers 404
+        return None
 
 
 @router.get(paths.STATUS_STREAM, summary="Status as Server-Sent Events", response_class=StreamingResponse,

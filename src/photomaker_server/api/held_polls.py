@@ -1,0 +1,66 @@
+"""Status polls of a running request, held until it changes: a polling client learns of the end at once.
+
+Why: fal's clients wait for a request by polling its status in a loop (the Python client every 100 ms, the JS
+client every 500 ms), so a finished request is seen on average half an interval after it finished: 50 ms, 250 ms,
+for every request, whatever the service does. A client on the SSE stream sees it within a few milliseconds. Holding
+the poll closes that gap without any change on the client's side: when a connection asks again about the request
+it asked about last, and that request is running, the answer waits until the request changes (it finished or was
+cancelled; with ``?logs=1`` also a new log line) or for at most ``status_hold_s``, whichever comes first, and is then
+read afresh. So an answer is never older than an immediate one would be; what changes is when it is sent, and only
+for a client that is waiting anyway.
+
+Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a poll of a
+different request than the connection's last one (a client going through a list of requests), a queued or finished
+request, any poll within ``REPEAT_WINDOW_S`` of nothing, and every poll while the wake-ups cannot be heard
+(``wakeups.live``) or the database is down (the usual answer or 503 comes at once).
+
+The wait rides on the ``job:<id>`` (and ``logs:<id>``) wake-ups the worker already sends for SSE streams; wake-ups
+are best-effort, so a lost one costs at most ``status_hold_s`` (the answer is then read when the hold ends).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MAX_CONNECTIONS", "REPEAT_WINDOW_S", "RepeatPolls", "connection_of"]
+
+#: A poll repeats the connection's previous one when it comes within this long of it (a client waiting in a loop
+#: polls again within its interval plus the hold; kept-alive connections close after a few idle seconds anyway).
+REPEAT_WINDOW_S = 5.0
+#: Connections remembered at most (the oldest are forgotten first; a forgotten one's next poll is answered at once).
+MAX_CONNECTIONS = 10_000
+
+
+def connection_of(scope: dict[str, Any], owner: str) -> tuple[Any, ...] | None:
+    """Who is asking, as far as holding goes: the client's address and port (one kept-alive connection) and its key.
+    None where the server does not know the peer (a Unix socket): never held."""
+    client = scope.get("client")
+    if not client:
+        return None
+    return (client[0], client[1], owner)
+
+
+class RepeatPolls:
+    """Which request each connection polled last, and when: tells a client waiting in a loop from a one-off poll.
+
+    Used on the event loop only (no lock)."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, max_connections: int = MAX_CONNECTIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s, self._max, self._clock = window_s, max_connections, clock
+        self._last: OrderedDict[tuple[Any, ...], tuple[str, float]] = OrderedDict()
+
+    def repeats(self, connection: tuple[Any, ...] | None, request_id: str) -> bool:
+        """Record a poll of ``request_id`` on ``connection``; True when the connection's previous poll, within the
+        window, was of the same request."""
+        if connection is None:
+            return False
+        now = self._clock()
+        previous = self._last.pop(connection, None)
+        self._last[connection] = (request_id, now)
+        if len(self._last) > self._max:
+            self._last.popitem(last=False)
+        return previous is not None and previous[0] == request_id and now - previous[1] <= self._window_s
