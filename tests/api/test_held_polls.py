@@ -181,20 +181,27 @@ def test_no_poll_is_held_while_the_database_is_down(tmp_path):
         deployment.close()
 
 
-def test_repeat_polls_are_told_by_connection_request_and_time():
+def test_repeat_polls_are_told_by_connection_request_state_and_time():
     now = [0.0]
     polls = RepeatPolls(window_s=5.0, max_connections=2, clock=lambda: now[0])
     a = connection_of({"client": ("10.0.0.1", 40001)}, "key-a")
     b = connection_of({"client": ("10.0.0.1", 40002)}, "key-a")
-    assert connection_of({"client": None}, "key-a") is None and not polls.repeats(None, "r1")
-    assert not polls.repeats(a, "r1")  # first on this connection
-    assert polls.repeats(a, "r1")
-    assert not polls.repeats(b, "r1")  # another connection's first poll of the same request
-    assert not polls.repeats(a, "r2") and not polls.repeats(a, "r1")  # a list of requests
+    assert connection_of({"client": None}, "key-a") is None and not polls.waiting(None, "r1")
+    polls.answered(None, "r1", True)  # an unknown peer is never remembered
+    assert not polls.waiting(a, "r1")  # first on this connection
+    polls.answered(a, "r1", True)
+    assert polls.waiting(a, "r1")
+    assert not polls.waiting(b, "r1")  # another connection's first poll of the same request
+    assert not polls.waiting(a, "r2")  # another request: a client walking a list
+    polls.answered(a, "r2", True)
+    assert not polls.waiting(a, "r1")
+    polls.answered(a, "r1", False)  # found queued or finished: the next poll is answered at once
+    assert not polls.waiting(a, "r1")
+    polls.answered(a, "r1", True)
     now[0] += 5.5
-    assert not polls.repeats(a, "r1")  # too long ago: not a loop
+    assert not polls.waiting(a, "r1")  # too long ago: not a loop
     assert connection_of({"client": ("10.0.0.1", 40001)}, "key-b") != a  # one connection, another key
-    c = connection_of({"client": ("10.0.0.2", 1)}, "key-a")
-    polls.repeats(b, "r1")
-    polls.repeats(c, "r1")  # the third connection: the oldest (a) is forgotten
-    assert not polls.repeats(a, "r1")
+    polls.answered(a, "r1", True)
+    polls.answered(b, "r1", True)
+    polls.answered(connection_of({"client": ("10.0.0.2", 1)}, "key-a"), "r1", True)  # the oldest (a) is forgotten
+    assert not polls.waiting(a, "r1") and polls.waiting(b, "r1")

@@ -9,10 +9,11 @@ cancelled; with ``?logs=1`` also a new log line) or for at most ``status_hold_s`
 read afresh. So an answer is never older than an immediate one would be; what changes is when it is sent, and only
 for a client that is waiting anyway.
 
-Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a poll of a
-different request than the connection's last one (a client going through a list of requests), a queued or finished
-request, any poll within ``REPEAT_WINDOW_S`` of nothing, and every poll while the wake-ups cannot be heard
-(``wakeups.live``) or the database is down (the usual answer or 503 comes at once).
+Held only when the connection's previous poll, within ``REPEAT_WINDOW_S``, was of the same request and found it
+running. Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a
+poll of a different request than the connection's last one (a client going through a list of requests), queued and
+finished requests, and every poll while the wake-ups cannot be heard (``wakeups.live``) or the database is down (the
+usual answer or 503 comes at once).
 
 The wait rides on the ``job:<id>`` (and ``logs:<id>``) wake-ups the worker already sends for SSE streams; wake-ups
 are best-effort, so a lost one costs at most ``status_hold_s`` (the answer is then read when the hold ends).
@@ -44,23 +45,26 @@ def connection_of(scope: dict[str, Any], owner: str) -> tuple[Any, ...] | None:
 
 
 class RepeatPolls:
-    """Which request each connection polled last, and when: tells a client waiting in a loop from a one-off poll.
-
-    Used on the event loop only (no lock)."""
+    """What each connection polled last (which request, when, whether it was running): tells a client waiting in a
+    loop for a running request from a one-off poll, and from a poll of something that cannot change soon (a
+    finished request polled over and over costs one dictionary look-up, no subscription). Event loop only."""
 
     def __init__(self, window_s: float = REPEAT_WINDOW_S, max_connections: int = MAX_CONNECTIONS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._window_s, self._max, self._clock = window_s, max_connections, clock
-        self._last: OrderedDict[tuple[Any, ...], tuple[str, float]] = OrderedDict()
+        self._last: OrderedDict[tuple[Any, ...], tuple[str, float, bool]] = OrderedDict()
 
-    def repeats(self, connection: tuple[Any, ...] | None, request_id: str) -> bool:
-        """Record a poll of ``request_id`` on ``connection``; True when the connection's previous poll, within the
-        window, was of the same request."""
+    def waiting(self, connection: tuple[Any, ...] | None, request_id: str) -> bool:
+        """True when ``connection``'s previous poll, within the window, was of ``request_id`` and found it running."""
+        previous = self._last.get(connection) if connection is not None else None
+        return (previous is not None and previous[0] == request_id and previous[2]
+                and self._clock() - previous[1] <= self._window_s)
+
+    def answered(self, connection: tuple[Any, ...] | None, request_id: str, running: bool) -> None:
+        """Remember the poll just answered on ``connection`` (the most recent connections are kept)."""
         if connection is None:
-            return False
-        now = self._clock()
-        previous = self._last.pop(connection, None)
-        self._last[connection] = (request_id, now)
+            return
+        self._last.pop(connection, None)
+        self._last[connection] = (request_id, self._clock(), running)
         if len(self._last) > self._max:
             self._last.popitem(last=False)
-        return previous is not None and previous[0] == request_id and now - previous[1] <= self._window_s

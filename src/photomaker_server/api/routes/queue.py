@@ -268,7 +268,8 @@ async def status(
 async def _status(request: Request, request_id: str, owner: str, logs: str | None) -> JSONResponse:
     ctx = get_ctx(request)
     with_logs = _flag(logs)
-    changes = _hold_subscription(ctx, request, request_id, owner, with_logs)
+    connection = connection_of(request.scope, owner)
+    changes = _hold_subscription(ctx, connection, request_id, with_logs)
     if changes is None:
         body = await _status_answer(ctx, request_id, owner, with_logs)
     else:
@@ -277,6 +278,7 @@ async def _status(request: Request, request_id: str, owner: str, logs: str | Non
             if body["status"] == "IN_PROGRESS":  # answered when it changes, or after the hold: read afresh either way
                 await changes.wait_async(ctx.settings.status_hold_s)
                 body = await _status_answer(ctx, request_id, owner, with_logs)
+    ctx.polls.answered(connection, request_id, body["status"] == "IN_PROGRESS")
     return JSONResponse(body, headers=_request_headers(request_id))
 
 
@@ -287,12 +289,12 @@ async def _status_answer(ctx, request_id: str, owner: str, with_logs: bool) -> d
     return body
 
 
-def _hold_subscription(ctx, request: Request, request_id: str, owner: str,  # noqa: ANN001
+def _hold_subscription(ctx, connection: tuple[Any, ...] | None, request_id: str,  # noqa: ANN001
                        with_logs: bool) -> Subscription | None:
-    """The wake-ups a held poll waits on, when this poll may be held (``api/held_polls.py``): the connection asked
-    about this same request last time, holding is on, and changes can be heard now."""
-    repeats = ctx.polls.repeats(connection_of(request.scope, owner), request_id)
-    if not (repeats and ctx.settings.status_hold_s > 0 and ctx.store.health.up and getattr(ctx.wakeups, "live", True)):
+    """The wake-ups a held poll waits on, when this poll may be held (``api/held_polls.py``): the connection's last
+    poll found this same request running, holding is on, and changes can be heard now."""
+    if not (ctx.settings.status_hold_s > 0 and ctx.polls.waiting(connection, request_id)
+            and ctx.store.health.up and getattr(ctx.wakeups, "live", True)):
         return None
     topics = (job_topic(request_id), log_topic(request_id)) if with_logs else (job_topic(request_id),)
     try:
