@@ -6,8 +6,9 @@ in both count and time:
 
 a.  **overhead per job**: N sequential small jobs (64x64, 4 steps), each arriving at a random moment; for each,
     (submit → COMPLETED seen by the client) minus the job's own ``metrics.inference_time``; once watching the SSE
-    stream, once polling status every 20 ms. The job's log timestamps split it into submit, queue wait (worker
-    claim), job run outside inference, and notification.
+    stream, once polling status every 20 ms (``--poll-interval``; the server holds a repeat poll of a running
+    request until it changes, ``PHOTOMAKER_STATUS_HOLD_S=0`` in this environment turns that off). The job's log
+    timestamps split it into submit, queue wait (worker claim), job run outside inference, and notification.
 b.  **status polling** by 200 concurrent clients for ~15 s: requests/s, latency p50/p90/p99, errors. Two load
     generators: ``httpx.AsyncClient`` and a minimal asyncio HTTP/1.1 client ("raw"; httpx costs the client about as
     much CPU per request as the server spends, so on 2 cores it measures the client). b' repeats it on jobs still
@@ -666,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     body = small_request(photo)
     report: dict = {"benchmark": "service_bench", "argv": sys.argv, "cpu_count": os.cpu_count(),
                     "request": {k: v for k, v in body.items() if k != "image_archive_url"} | {"image": "PNG data URI 256x320"},
-                    "load_start": loadavg()}
+                    "load_start": loadavg(),
+                    # The server inherits this environment: PHOTOMAKER_STATUS_HOLD_S=0 measures polls answered at once.
+                    "status_hold_s": os.environ.get("PHOTOMAKER_STATUS_HOLD_S", "default")}
     server = LiveServer(tmp / "data", tiny_root)
     try:
         t0 = time.perf_counter()
