@@ -17,7 +17,7 @@ from photomaker_server.inputs.archives import ArchiveLimits
 from photomaker_server.jobs.sql.store import SQLJobStore
 from photomaker_server.limits import DeploymentLimits, QuotaExceeded
 from photomaker_server.settings import Settings
-from photomaker_server.storage.base import StoredFile
+from photomaker_server.storage.base import StorageUnavailable, StoredFile, checked_token, file_key
 
 PNG = image_bytes(make_face(0, size=(32, 32)))
 ZIP = b"PK\x05\x06" + bytes(18)  # an empty zip: a zip by its signature, which is all submit judges
@@ -28,16 +28,28 @@ def uri(data: bytes, mime: str = "image/png") -> str:
 
 
 class MemoryStorage:
-    """Only what the submit path may use of FileStorage: put."""
+    """Only what the submit path may use of FileStorage: put, and delete to undo a failed write. ``fail_at``: the
+    put of that many files earlier fails, after writing part of its bytes (as a write cut short may)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_at: int | None = None) -> None:
         self.files: dict[str, tuple[bytes, str, str]] = {}
+        self.puts, self.fail_at, self.deleted = 0, fail_at, []
+        self.delete_fails = False
 
-    def put(self, data: bytes, content_type: str, file_name: str) -> StoredFile:
-        key = f"k{len(self.files)}/{file_name}"
-        self.files[key] = (data, content_type, file_name)
-        return StoredFile(key=key, url=f"http://srv/files/{key}", file_name=file_name, content_type=content_type,
-                          size=len(data))
+    def put(self, data: bytes, content_type: str, file_name: str, token: str | None = None) -> StoredFile:
+        key = file_key(checked_token(token), file_name)
+        self.files[key] = (data[: len(data) // 2] if self.puts == self.fail_at else data, content_type, file_name)
+        self.puts += 1
+        if self.puts - 1 == self.fail_at:
+            raise StorageUnavailable("the storage failed mid-write (simulated)")
+        return StoredFile(key=key, url=f"http://srv/files/{key}", file_name=key.split("/")[1],
+                          content_type=content_type, size=len(data))
+
+    def delete(self, key: str) -> None:
+        if self.delete_fails:
+            raise StorageUnavailable("the storage is down (simulated)")
+        self.deleted.append(key)
+        self.files.pop(key, None)
 
 
 def quota_files(storage: MemoryStorage, **quota: int) -> QuotaStorage:
@@ -96,6 +108,61 @@ def test_a_request_over_the_storage_quota_stores_none_of_its_data_uris():
     # Within the quota (another key, or this one with less), stored and counted.
     store_data_uris({"initial_image_url": uri(PNG)}, files, "alice", 1 << 20)
     assert [(u.files, u.bytes) for u in files.store.storage_usage("alice")] == [(1, len(PNG))]
+
+
+class CountingStore:
+    """A job store that counts its write transactions by method (what a submit's data URIs cost in transactions)."""
+
+    def __init__(self, store: SQLJobStore) -> None:
+        self._store, self.calls = store, []
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_each_charge_row_names_its_file_from_the_start_in_one_transaction():
+    storage = MemoryStorage()
+    files = quota_files(storage)
+    files.store = counting = CountingStore(files.store)
+    payload = {"image_archive_url": uri(ZIP, "application/zip"), "image_urls": [uri(PNG), "https://x.example/a.png"]}
+    out = store_data_uris(payload, files, "alice", 1 << 20)
+    keys = [out["image_archive_url"].key, out["image_urls"][0].key]
+    assert counting.calls == ["charge_files"]  # no settle_file: the keys were chosen before the charge
+    assert sorted(storage.files) == sorted(keys)
+    # The rows carry the keys (what the unpack budget of a later submit naming these files is read by; a key of
+    # no row would be absent).
+    assert files.store.declared_unpacked(keys) == dict.fromkeys(keys)
+
+
+def test_a_write_failing_after_the_charge_leaves_no_charge_and_no_file():
+    storage = MemoryStorage(fail_at=1)  # the second file's write fails, half written
+    files = quota_files(storage)
+    payload = {"image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG)}
+    with pytest.raises(StorageUnavailable):
+        store_data_uris(payload, files, "alice", 1 << 20)
+    assert storage.files == {} and len(storage.deleted) == 2  # the written file and the half-written one
+    assert files.store.storage_usage("alice") == []
+    assert files.store.declared_unpacked(storage.deleted) == {}
+
+
+def test_a_file_that_cannot_be_removed_after_a_failed_write_stays_charged():
+    storage = MemoryStorage(fail_at=1)
+    storage.delete_fails = True
+    files = quota_files(storage)
+    payload = {"image_archive_url": uri(ZIP, "application/zip"), "initial_image_url": uri(PNG),
+               "image_urls": [uri(PNG[:-1])]}
+    with pytest.raises(StorageUnavailable, match="mid-write"):  # the write's error, not the removal's
+        store_data_uris(payload, files, "alice", 1 << 20)
+    # The two files that may be stored still count; the third, never written, does not.
+    assert [(u.files, u.bytes) for u in files.store.storage_usage("alice")] == [(2, len(ZIP) + len(PNG))]
 
 
 # --- the request's unpack budget, by headers, at submit -------------------------------------------------------------

@@ -20,6 +20,7 @@ from photomaker_server.storage import (
     UploadError,
     sanitize_file_name,
 )
+from photomaker_server.storage.base import file_key, new_token
 
 BASE = "http://127.0.0.1:8000"
 BUCKET = "photomaker-tests"
@@ -135,6 +136,16 @@ def test_put_stores_under_an_unguessable_token(storage, backend, tmp_path):
     assert info == stored and b"".join(chunks) == b"\x89PNG data"
     again = storage.put(b"other", "image/png", "out put.png")
     assert again.key != stored.key and storage.read(stored.key) == b"\x89PNG data"
+
+
+def test_put_under_a_token_chosen_first_stores_at_the_key_known_before(storage):
+    token = new_token()
+    stored = storage.put(b"bytes", "image/png", "a b.png", token)
+    assert stored.key == file_key(token, "a b.png") == f"{token}/a_b.png"
+    assert storage.read(stored.key) == b"bytes"
+    for bad in ("../escape", "short", "a/b" * 10, ""):
+        with pytest.raises(ValueError):
+            storage.put(b"x", "image/png", "a.png", bad)
 
 
 def test_satisfies_the_protocol(storage):

@@ -11,14 +11,17 @@ uploads) and are charged their bytes when the PUT arrives; only one PUT per URL 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..jobs.protocol import JobStore
 from ..limits import LimitsPolicy, StorageQuota, UploadAlreadyCharged
-from ..storage.base import FileStorage, StoredFile, UploadError
+from ..storage.base import FileStorage, StoredFile, UploadError, file_key, new_token
 
 __all__ = ["NewFile", "QuotaStorage"]
+
+log = logging.getLogger(__name__)
 
 #: How long a signed upload URL stays usable (fal's clients upload at once).
 UPLOAD_URL_TTL_S = 3600
@@ -45,22 +48,35 @@ class QuotaStorage:
         return self.limits.for_owner(owner).storage
 
     def put_all(self, owner: str, files: Sequence[NewFile]) -> list[StoredFile]:
-        """Store ``files`` for ``owner``, all or none: charged together, then written. A write that fails undoes
-        the charges of what was not written (and removes what was: a half-stored request is no request)."""
+        """Store ``files`` for ``owner``, all or none: charged together (their keys chosen first, so each charge
+        row names its file from the start: one transaction, no second one to record the key), then written. A
+        write that fails undoes the charges and removes what was written (a half-stored request is no request)."""
+        tokens = [new_token() for _ in files]
+        keys = [file_key(token, new.file_name) for token, new in zip(tokens, files)]
         ids = self.store.charge_files(owner, [len(f.data) for f in files], self.quota(owner), self.retention_s,
-                                      unpacked=[self.declared_unpacked(f.data) for f in files])
+                                      keys=keys, unpacked=[self.declared_unpacked(f.data) for f in files])
         stored: list[StoredFile] = []
         try:
-            for file_id, new in zip(ids, files):
-                item = self.storage.put(new.data, new.content_type, new.file_name)
-                stored.append(item)
-                self.store.settle_file(file_id, item.key)
+            for token, new in zip(tokens, files):
+                stored.append(self.storage.put(new.data, new.content_type, new.file_name, token))
         except BaseException:
-            for item in stored:
-                self.storage.delete(item.key)
-            self.store.drop_files(ids)
+            # The key whose write failed too: it may be there in part (S3 may have stored it before the error).
+            self._undo(ids, keys[: len(stored) + 1])
             raise
         return stored
+
+    def _undo(self, ids: Sequence[int], written: Sequence[str]) -> None:
+        """Remove what a failed :meth:`put_all` may have written (``written``: the keys of its first files), then
+        forget its charges. A file whose removal fails stays charged: it may still be stored, and it expires with
+        its charge like any stored file."""
+        kept = set()
+        for file_id, key in zip(ids, written):
+            try:
+                self.storage.delete(key)
+            except Exception:
+                log.exception("could not remove %s after a failed write; it stays charged until it expires", key)
+                kept.add(file_id)
+        self.store.drop_files([file_id for file_id in ids if file_id not in kept])
 
     def put(self, owner: str, data: bytes, content_type: str, file_name: str) -> StoredFile:
         return self.put_all(owner, [NewFile(data, content_type, file_name)])[0]

@@ -27,7 +27,9 @@ __all__ = [
     "UploadError",
     "api_file_key",
     "api_file_url",
+    "checked_token",
     "clean_content_type",
+    "file_key",
     "is_valid_key",
     "is_valid_token",
     "new_token",
@@ -52,6 +54,15 @@ def new_token() -> str:
 
 def is_valid_token(token: object) -> bool:
     return isinstance(token, str) and _TOKEN_RE.fullmatch(token) is not None
+
+
+def checked_token(token: str | None) -> str:
+    """``token`` to store a file under: a fresh one for None, else the given one if it is a token (never a path)."""
+    if token is None:
+        return new_token()
+    if not is_valid_token(token):
+        raise ValueError(f"not a storage token: {token!r}")
+    return token
 
 
 def is_valid_key(key: object) -> bool:
@@ -112,6 +123,12 @@ def sanitize_file_name(name: str | None, default: str = "file") -> str:
     return clean
 
 
+def file_key(token: str, file_name: str | None) -> str:
+    """The key :meth:`FileStorage.put` stores a file named ``file_name`` under with ``token``: ``<token>/<name>``,
+    the name sanitised. Known before the write, so the file can be charged by its key first."""
+    return f"{token}/{sanitize_file_name(file_name)}"
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A stored file. ``key`` is the storage's own name for it (``<token>/<file name>``, what results keep);
@@ -151,7 +168,10 @@ class FileStorage(Protocol):
     (possibly none, in a worker). URLs of the API's ``/files/`` route need it; presigned or CDN URLs do not.
     """
 
-    def put(self, data: bytes, content_type: str, file_name: str) -> StoredFile: ...
+    def put(self, data: bytes, content_type: str, file_name: str, token: str | None = None) -> StoredFile:
+        """Store ``data`` under ``token`` (a fresh one when None; a caller that needs the key before writing makes
+        one with :func:`new_token`), at the key :func:`file_key` gives. A token that is not one raises ValueError."""
+        ...
 
     def read(self, key: str) -> bytes | None: ...
 

@@ -57,11 +57,11 @@ from photomaker_server.storage.base import (
     UploadError,
     api_file_key,
     api_file_url,
+    checked_token,
     clean_content_type,
+    file_key,
     is_valid_key,
     is_valid_token,
-    new_token,
-    sanitize_file_name,
 )
 from photomaker_server.storage.uploads import PendingUpload, UploadSigner, upload_url
 from photomaker_server.urls import http_url_or_none
@@ -269,17 +269,17 @@ class S3Storage:
     # -- reading and writing --
 
     def _store(self, token: str, data: bytes, content_type: str | None, file_name: str | None) -> StoredFile:
-        name = sanitize_file_name(file_name)
+        key = file_key(token, file_name)
+        name = key.partition("/")[2]
         ctype = clean_content_type(content_type, name)
-        key = f"{token}/{name}"
         client = self._ready()
         with self._errors("storing a file"):
             client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=ctype)
         return StoredFile(key=key, url=self.url_for(key), file_name=name, content_type=ctype, size=len(data))
 
-    def put(self, data: bytes, content_type: str, file_name: str) -> StoredFile:
-        """Store ``data`` under a fresh unguessable token; the name is sanitised."""
-        return self._store(new_token(), data, content_type, file_name)
+    def put(self, data: bytes, content_type: str, file_name: str, token: str | None = None) -> StoredFile:
+        """Store ``data`` under ``token`` (default: a fresh unguessable one); the name is sanitised."""
+        return self._store(checked_token(token), data, content_type, file_name)
 
     def read(self, key: str) -> bytes | None:
         if not is_valid_key(key):

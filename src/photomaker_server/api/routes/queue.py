@@ -11,6 +11,7 @@ request in a loop gets its next answer when the request changes (``api/held_poll
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -140,14 +141,16 @@ def _enqueue(ctx, request: Request, payload: dict[str, Any], owner: str, webhook
     priority, start_deadline = _priority(request), _start_deadline(request)
     webhook = _webhook(webhook_url, ctx.settings.fetch_allow)
     files_in = data.model_dump(include=set(FILE_FIELDS), exclude_none=True)
+    # Each URL parsed once for both uses below (never a data URI: neither passes one, so nothing large is hashed).
+    own_key = functools.cache(ctx.storage.key_from_url)
     try:  # last: only a request that is otherwise fine gets its data URIs stored
-        budget = check_stored_inputs(files_in, ctx.storage, ctx.store, unpack_budget(ctx.settings))
+        budget = check_stored_inputs(files_in, own_key, ctx.store, unpack_budget(ctx.settings))
         files_in = store_data_uris(files_in, ctx.files, owner, ctx.settings.max_data_uri_bytes, budget)
     except DataUriRefused as exc:
         return JSONResponse({"detail": [exc.detail()]}, status_code=422)
     # Built once: data URIs are keys now, and URLs of our own storage become keys here (the worker never parses
     # a URL back); the job row holds this, and the worker reads it as it is.
-    stored_input = stored_request(data, files_in, ctx.storage.key_from_url)
+    stored_input = stored_request(data, files_in, own_key)
     return ctx.store.submit(
         owner,
         APP_ID,

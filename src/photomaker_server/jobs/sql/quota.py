@@ -10,6 +10,7 @@ for that transaction, which serialises charges per key on PostgreSQL (SQLite's w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -20,19 +21,35 @@ from .rows import chunks
 from .schema import storage_owners, stored_files, used_tokens
 
 
+_p = sa.bindparam
+#: The statements of every charge, built once (see ``statements.py`` for why).
+_USAGE = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(stored_files.c.size), 0)).where(
+    stored_files.c.owner == _p("p_owner"), stored_files.c.expires_at > _p("p_now"))
+_USAGE_EXCLUDING = _USAGE.where(stored_files.c.id != _p("p_excluding"))
+_INSERT_FILE = stored_files.insert().values(
+    owner=_p("p_owner"), key=_p("p_key"), size=_p("p_size"), unpacked=_p("p_unpacked"), pending=_p("p_pending"),
+    created_at=_p("p_now"), expires_at=_p("p_expires_at"))
+
+
 class QuotaMixin(SQLStoreBase):
+    @cached_property
+    def _lock_owner_stmt(self) -> sa.Insert:
+        """The owner's row, inserted or "updated" to itself: either way locked (PostgreSQL) until the transaction
+        ends, in one statement. The backend's INSERT construct, so built once per store."""
+        stmt = self._backend.insert(storage_owners).values(owner=_p("p_owner"))
+        return stmt.on_conflict_do_update(index_elements=[storage_owners.c.owner],
+                                          set_={"owner": stmt.excluded.owner})
+
     def _lock_owner(self, conn: Connection, owner: str) -> None:
-        stmt = self._backend.insert(storage_owners).values(owner=owner)
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=[storage_owners.c.owner]))
-        conn.execute(sa.select(storage_owners.c.owner).where(storage_owners.c.owner == owner).with_for_update())
+        conn.execute(self._lock_owner_stmt, {"p_owner": owner})
 
     @staticmethod
     def _usage(conn: Connection, owner: str, now: float, excluding: int | None = None) -> StorageUsage:
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(stored_files.c.size), 0)).where(
-            stored_files.c.owner == owner, stored_files.c.expires_at > now)
-        if excluding is not None:
-            query = query.where(stored_files.c.id != excluding)
-        files, size = conn.execute(query).one()
+        params = {"p_owner": owner, "p_now": now}
+        if excluding is None:
+            files, size = conn.execute(_USAGE, params).one()
+        else:
+            files, size = conn.execute(_USAGE_EXCLUDING, {**params, "p_excluding": excluding}).one()
         return StorageUsage(owner, int(files), int(size))
 
     @staticmethod
@@ -46,8 +63,9 @@ class QuotaMixin(SQLStoreBase):
                      keys: Sequence[str | None] | None = None, pending: bool = False,
                      unpacked: Sequence[int | None] | None = None) -> list[int]:
         """Record files about to be stored for ``owner`` (one row per size, expiring in ``ttl_s``), or raise
-        :class:`QuotaExceeded` and record nothing. Returns the rows' ids, for :meth:`settle_file` once a file is
-        written (its key) or :meth:`drop_files` when writing failed."""
+        :class:`QuotaExceeded` and record nothing. ``keys``: the files' storage keys, when they are known before
+        the write (else :meth:`settle_file` records each once written). Returns the rows' ids, for
+        :meth:`settle_file` or for :meth:`drop_files` when writing failed."""
         now = self._clock()
         keys = list(keys) if keys is not None else [None] * len(sizes)
         unpacked = list(unpacked) if unpacked is not None else [None] * len(sizes)
@@ -56,9 +74,9 @@ class QuotaMixin(SQLStoreBase):
             self._check(self._usage(conn, owner, now), quota, len(sizes), sum(sizes))
             ids = []
             for size, key, declared in zip(sizes, keys, unpacked):
-                result = conn.execute(stored_files.insert().values(
-                    owner=owner, key=key, size=size, unpacked=declared, pending=pending, created_at=now,
-                    expires_at=now + ttl_s))
+                result = conn.execute(_INSERT_FILE, {
+                    "p_owner": owner, "p_key": key, "p_size": size, "p_unpacked": declared, "p_pending": pending,
+                    "p_now": now, "p_expires_at": now + ttl_s})
                 ids.append(int(result.inserted_primary_key[0]))
         return ids
 
