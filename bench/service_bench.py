@@ -631,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20, help="sequential jobs per overhead mode (SSE, polling)")
     parser.add_argument("--poll-interval", type=float, default=0.02)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps of the overhead jobs (default: the tests' 4); more makes jobs longer "
+                             "than a poll interval, as real ones are")
     parser.add_argument("--pollers", type=int, default=200)
     parser.add_argument("--poll-seconds", type=float, default=15.0)
     parser.add_argument("--poll-max-requests", type=int, default=100_000)
@@ -664,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny model at {tiny_root} ({time.perf_counter() - t0:.1f} s); load {loadavg()}", flush=True)
 
     photo = "data:image/png;base64," + base64.b64encode(image_bytes(make_face(0))).decode()
-    body = small_request(photo)
+    body = small_request(photo, **({"num_inference_steps": args.steps} if args.steps else {}))
     report: dict = {"benchmark": "service_bench", "argv": sys.argv, "cpu_count": os.cpu_count(),
                     "request": {k: v for k, v in body.items() if k != "image_archive_url"} | {"image": "PNG data URI 256x320"},
                     "load_start": loadavg(),

@@ -75,9 +75,9 @@ def service(tmp_path, database_url):
 
 def test_a_repeat_poll_of_a_running_request_is_answered_when_it_finishes(service):
     job_id = service.submit()
-    assert service.worker.store.claim("w", 30).id == job_id
     body, took = service.poll(job_id)
-    assert body["status"] == "IN_PROGRESS" and took < 2  # the connection's first poll of it: at once
+    assert body["status"] == "IN_QUEUE" and took < 2  # queued: answered at once, however often
+    assert service.worker.store.claim("w", 30).id == job_id
     timer = service.later(0.4, lambda: service.worker.store.complete(job_id, "w", stored_output(), 1.5))
     body, took = service.poll(job_id)  # the same request again: held until the completion's wake-up
     timer.join()
@@ -195,7 +195,7 @@ def test_repeat_polls_are_told_by_connection_request_state_and_time():
     assert not polls.waiting(a, "r2")  # another request: a client walking a list
     polls.answered(a, "r2", True)
     assert not polls.waiting(a, "r1")
-    polls.answered(a, "r1", False)  # found queued or finished: the next poll is answered at once
+    polls.answered(a, "r1", False)  # found finished: the next poll is answered at once
     assert not polls.waiting(a, "r1")
     polls.answered(a, "r1", True)
     now[0] += 5.5

@@ -10,7 +10,7 @@ read afresh. So an answer is never older than an immediate one would be; what ch
 for a client that is waiting anyway.
 
 Held only when the connection's previous poll, within ``REPEAT_WINDOW_S``, was of the same request and found it
-running. Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a
+unfinished (queued or running), and only while it runs. Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a
 poll of a different request than the connection's last one (a client going through a list of requests), queued and
 finished requests, and every poll while the wake-ups cannot be heard (``wakeups.live``) or the database is down (the
 usual answer or 503 comes at once).
@@ -45,9 +45,9 @@ def connection_of(scope: dict[str, Any], owner: str) -> tuple[Any, ...] | None:
 
 
 class RepeatPolls:
-    """What each connection polled last (which request, when, whether it was running): tells a client waiting in a
-    loop for a running request from a one-off poll, and from a poll of something that cannot change soon (a
-    finished request polled over and over costs one dictionary look-up, no subscription). Event loop only."""
+    """What each connection polled last (which request, when, whether it was unfinished): tells a client waiting in
+    a loop for a request from a one-off poll, and from a poll of something that will not change (a finished request
+    polled over and over costs one dictionary look-up, no subscription). Event loop only."""
 
     def __init__(self, window_s: float = REPEAT_WINDOW_S, max_connections: int = MAX_CONNECTIONS,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -55,16 +55,17 @@ class RepeatPolls:
         self._last: OrderedDict[tuple[Any, ...], tuple[str, float, bool]] = OrderedDict()
 
     def waiting(self, connection: tuple[Any, ...] | None, request_id: str) -> bool:
-        """True when ``connection``'s previous poll, within the window, was of ``request_id`` and found it running."""
+        """True when ``connection``'s previous poll, within the window, was of ``request_id`` and found it
+        unfinished."""
         previous = self._last.get(connection) if connection is not None else None
         return (previous is not None and previous[0] == request_id and previous[2]
                 and self._clock() - previous[1] <= self._window_s)
 
-    def answered(self, connection: tuple[Any, ...] | None, request_id: str, running: bool) -> None:
+    def answered(self, connection: tuple[Any, ...] | None, request_id: str, unfinished: bool) -> None:
         """Remember the poll just answered on ``connection`` (the most recent connections are kept)."""
         if connection is None:
             return
         self._last.pop(connection, None)
-        self._last[connection] = (request_id, self._clock(), running)
+        self._last[connection] = (request_id, self._clock(), unfinished)
         if len(self._last) > self._max:
             self._last.popitem(last=False)

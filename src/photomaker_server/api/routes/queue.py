@@ -281,7 +281,7 @@ async def _status(request: Request, request_id: str, owner: str, logs: str | Non
             if body["status"] == "IN_PROGRESS":  # answered when it changes, or after the hold: read afresh either way
                 await changes.wait_async(ctx.settings.status_hold_s)
                 body = await _status_answer(ctx, request_id, owner, with_logs)
-    ctx.polls.answered(connection, request_id, body["status"] == "IN_PROGRESS")
+    ctx.polls.answered(connection, request_id, body["status"] != "COMPLETED")
     return JSONResponse(body, headers=_request_headers(request_id))
 
 
@@ -295,7 +295,7 @@ async def _status_answer(ctx, request_id: str, owner: str, with_logs: bool) -> d
 def _hold_subscription(ctx, connection: tuple[Any, ...] | None, request_id: str,  # noqa: ANN001
                        with_logs: bool) -> Subscription | None:
     """The wake-ups a held poll waits on, when this poll may be held (``api/held_polls.py``): the connection's last
-    poll found this same request running, holding is on, and changes can be heard now."""
+    poll found this same request unfinished, holding is on, and changes can be heard now."""
     if not (ctx.settings.status_hold_s > 0 and ctx.polls.waiting(connection, request_id)
             and ctx.store.health.up and getattr(ctx.wakeups, "live", True)):
         return None
