@@ -114,17 +114,21 @@ def stop(process: subprocess.Popen) -> None:
 
 def prepare_store(database_url: str, data_dir: Path) -> str:
     """One completed request of the bench key, and one ready worker; returns the request id."""
+    from photomaker_server.contract.files import FileRef
+    from photomaker_server.contract.result import StoredImage, StoredOutput
+    from photomaker_server.contract.stored import StoredRequest
     from photomaker_server.jobs.factory import open_job_store
     from photomaker_server.jobs.keys import owner_of
     store = open_job_store(database_url)
     try:
-        job = store.submit(owner_of(KEY), APP, {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/a.zip"})
+        request = StoredRequest(prompt="a photo of a man img", image_archive_url=FileRef.outside("https://example.com/a.zip"))
+        job = store.submit(owner_of(KEY), APP, request)
         claimed = store.claim("bench-worker", 600)
         assert claimed is not None and claimed.id == job.id
-        image = {"key": "0123456789abcdef/out-0.png", "content_type": "image/png", "file_name": "out-0.png",
-                 "file_size": 1234, "width": 1024, "height": 1024}
-        assert store.complete(job.id, "bench-worker", {"images": [image], "seed": 42, "prompt": "a photo",
-                                                       "timings": {"inference": 1.0}}, 1.0, last_log="Completed")
+        image = StoredImage(file=FileRef.stored("0123456789abcdef/out-0.png"), content_type="image/png",
+                            file_name="out-0.png", file_size=1234, width=1024, height=1024)
+        output = StoredOutput(images=[image], seed=42, prompt="a photo", timings={"inference": 1.0})
+        assert store.complete(job.id, "bench-worker", output, 1.0, last_log="Completed")
         return job.id
     finally:
         store.close()
