@@ -10,10 +10,10 @@ read afresh. So an answer is never older than an immediate one would be; what ch
 for a client that is waiting anyway.
 
 Held only when the connection's previous poll, within ``REPEAT_WINDOW_S``, was of the same request and found it
-unfinished (queued or running), and only while it runs. Answered at once, as before: the first poll on a connection (a dashboard, the CLI, a one-off check), a
-poll of a different request than the connection's last one (a client going through a list of requests), queued and
-finished requests, and every poll while the wake-ups cannot be heard (``wakeups.live``) or the database is down (the
-usual answer or 503 comes at once).
+unfinished (queued or running), and only while it runs. Answered at once, as before: the first poll on a connection
+(a dashboard, the CLI, a one-off check), a poll of a different request than the connection's last one (a client
+going through a list of requests), queued and finished requests, and every poll while the wake-ups cannot be heard
+(``wakeups.live``) or the database is down (the usual answer or 503 comes at once).
 
 The wait rides on the ``job:<id>`` (and ``logs:<id>``) wake-ups the worker already sends for SSE streams; wake-ups
 are best-effort, so a lost one costs at most ``status_hold_s`` (the answer is then read when the hold ends).
