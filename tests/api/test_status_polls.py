@@ -118,6 +118,35 @@ def test_without_a_wake_up_the_cached_answer_stands_until_its_ttl(tmp_path):
         ctx.store.close()
 
 
+def test_the_result_is_never_an_unfinished_job_from_memory(tmp_path):
+    """A client that saw COMPLETED (from another replica, the wake-up not yet here) asks this process for the
+    result: an unfinished job in memory is read again, so the answer is the result, not "still in progress"."""
+    app = create_app(_settings(tmp_path, status_hold_s=0), housekeeping=False)
+    ctx = app.state.ctx
+    ctx.jobs = JobCache(ctx.wakeups, ctx.store.health, ttl_s=60)
+    from photomaker_server.jobs.factory import open_job_store
+
+    silent = open_job_store(ctx.store.url)  # no publish: this process never hears of the completion
+    try:
+        with _client(app) as client:
+            job_id = client.post(f"/{APP_ID}", json=REQUEST).json()["request_id"]
+            silent.claim("w", 30)
+            early = client.get(f"/{APP_ID}/requests/{job_id}")
+            assert early.status_code == 400 and early.json()["error_type"] == "request_in_progress"
+            assert _status(client, job_id)["status"] == "IN_PROGRESS"
+            silent.complete(job_id, "w", stored_output(), 1.0)
+            assert _status(client, job_id)["status"] == "IN_PROGRESS"  # the status may lag (from memory)...
+            result = client.get(f"/{APP_ID}/requests/{job_id}")
+            assert result.status_code == 200 and result.json()["seed"] == 1  # ...the result never does
+            hits = ctx.jobs.hits
+            assert client.get(f"/{APP_ID}/requests/{job_id}").status_code == 200
+            assert ctx.jobs.hits == hits + 1  # a finished job's result is answered from memory
+    finally:
+        silent.close()
+        ctx.wakeups.close()
+        ctx.store.close()
+
+
 def test_another_keys_request_is_404_from_memory_too_and_logs_are_always_read(tmp_path):
     app = create_app(_settings(tmp_path), housekeeping=False)
     ctx = app.state.ctx

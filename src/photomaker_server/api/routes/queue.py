@@ -201,10 +201,15 @@ def _read_own(ctx, request_id: str, owner: str, with_status: bool) -> tuple[Job,
     return job, body
 
 
-async def _poll(ctx, request_id: str, owner: str, with_status: bool) -> tuple[Job, dict[str, Any] | None]:  # noqa: ANN001
+async def _poll(ctx, request_id: str, owner: str, with_status: bool,  # noqa: ANN001
+                finished_only: bool = False) -> tuple[Job, dict[str, Any] | None]:
     """The caller's job (and its status body, ``with_status``): from the job cache on the event loop when it is
-    fresh there, else one trip to a worker thread. Another key's request is a 404 either way."""
+    fresh there, else one trip to a worker thread. Another key's request is a 404 either way. ``finished_only``:
+    only a finished job is taken from memory (the result: a client that saw COMPLETED on another replica, whose
+    wake-up has not reached this one yet, must get the result, not "still in progress")."""
     entry = ctx.jobs.lookup(request_id)
+    if finished_only and entry is not None and entry.job.status != JobStatus.COMPLETED:
+        entry = None
     if entry is not None and (not with_status or entry.status_body is not None):
         if entry.job.owner != owner:
             raise _not_found(request_id)
@@ -438,7 +443,7 @@ async def result(request_id: str, request: Request, owner: Annotated[str, Depend
 
 async def _result(request: Request, request_id: str, owner: str) -> JSONResponse:
     ctx = get_ctx(request)
-    job, _body = await _poll(ctx, request_id, owner, with_status=False)
+    job, _body = await _poll(ctx, request_id, owner, with_status=False, finished_only=True)
     return result_response(job, ctx.file_url)
 
 
