@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from photomaker_server.api.app import build_context, create_app
 from photomaker_server.api.held_polls import RepeatPolls, connection_of
 from photomaker_server.deployment import open_deployment
-from photomaker_server.jobs.records import StoreUnavailable
+from photomaker_server.jobs.records import StoreUnavailable, job_topic
 from photomaker_server.settings import APP_ID, Settings
 
 from helpers import FlakyStore, stored_output
@@ -54,6 +54,14 @@ class Service:
         assert answer.headers["x-fal-request-id"] == job_id
         return answer.json(), time.monotonic() - started
 
+    def claim(self, job_id: str) -> None:
+        """The worker claims ``job_id`` (the next in the queue); returns once this API has heard it, as the job
+        cache drops the entry before subscribers wake (without this, a poll could still find the request queued in
+        the cache, as a real poll may for the millisecond a wake-up takes)."""
+        with self.app.state.ctx.wakeups.subscribe(job_topic(job_id)) as heard:
+            assert self.worker.store.claim("w", 30).id == job_id
+            assert heard.wait(5)
+
     def later(self, delay: float, action) -> threading.Timer:
         timer = threading.Timer(delay, action)
         timer.start()
@@ -77,7 +85,7 @@ def test_a_repeat_poll_of_a_running_request_is_answered_when_it_finishes(service
     job_id = service.submit()
     body, took = service.poll(job_id)
     assert body["status"] == "IN_QUEUE" and took < 2  # queued: answered at once, however often
-    assert service.worker.store.claim("w", 30).id == job_id
+    service.claim(job_id)
     timer = service.later(0.4, lambda: service.worker.store.complete(job_id, "w", stored_output(), 1.5))
     body, took = service.poll(job_id)  # the same request again: held until the completion's wake-up
     timer.join()
@@ -94,8 +102,8 @@ def test_other_polls_are_answered_at_once_and_a_hold_ends_after_its_time(tmp_pat
         assert service.poll(first)[0]["status"] == "IN_QUEUE"
         assert service.poll(first)[0]["status"] == "IN_QUEUE"  # a queued request is not held...
         assert service.poll(first)[1] < 0.5  # ...however often it is polled
-        service.worker.store.claim("w", 30)
-        service.worker.store.claim("w", 30)
+        service.claim(first)
+        service.claim(second)
         for job_id in (second, first, second, first):  # going through a list: each poll differs from the last
             body, took = service.poll(job_id)
             assert body["status"] == "IN_PROGRESS" and took < 0.5, (job_id, took)
@@ -109,7 +117,7 @@ def test_with_logs_a_new_log_line_ends_the_hold(tmp_path):
     service = Service(tmp_path, status_hold_s=5.0)
     try:
         job_id = service.submit()
-        service.worker.store.claim("w", 30)
+        service.claim(job_id)
         body, _ = service.poll(job_id, logs=1)
         lines = len(body["logs"])
         timer = service.later(0.3, lambda: service.worker.store.append_log(job_id, "step 3/20"))
@@ -125,7 +133,7 @@ def test_without_logs_a_log_line_does_not_end_the_hold(tmp_path):
     service = Service(tmp_path, status_hold_s=0.8)
     try:
         job_id = service.submit()
-        service.worker.store.claim("w", 30)
+        service.claim(job_id)
         service.poll(job_id)
         timer = service.later(0.2, lambda: service.worker.store.append_log(job_id, "step 3/20"))
         body, took = service.poll(job_id)
@@ -139,7 +147,7 @@ def test_hold_zero_answers_every_poll_at_once(tmp_path):
     service = Service(tmp_path, status_hold_s=0)
     try:
         job_id = service.submit()
-        service.worker.store.claim("w", 30)
+        service.claim(job_id)
         for _ in range(3):
             body, took = service.poll(job_id)
             assert body["status"] == "IN_PROGRESS" and took < 0.5
@@ -151,7 +159,7 @@ def test_a_held_poll_of_another_keys_request_is_still_a_404(tmp_path):
     service = Service(tmp_path, status_hold_s=5.0, api_keys=[KEY, "held-polls-other"])
     try:
         job_id = service.submit()
-        service.worker.store.claim("w", 30)
+        service.claim(job_id)
         with TestClient(service.app, headers={"Authorization": "Key held-polls-other"}) as other:
             for _ in range(2):
                 started = time.monotonic()
