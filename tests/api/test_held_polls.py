@@ -23,17 +23,6 @@ KEY = "held-polls-key"
 REQUEST = {"prompt": "a photo of a man img", "image_archive_url": "https://example.com/faces.zip"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request):
-    if request.param == "sqlite":
-        yield None
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    yield url
-    server.drop_database(url)
-
-
 class Service:
     """The API app (in-process client: one connection, ``testclient:50000``) and a worker's own deployment."""
 

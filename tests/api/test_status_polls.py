@@ -28,17 +28,6 @@ def _settings(tmp_path, database_url: str | None = None, **kw) -> Settings:
     return Settings(data_dir=tmp_path, api_keys=[KEY, OTHER], public_base_url="https://pm.example.com", **extra, **kw)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request):
-    if request.param == "sqlite":
-        yield None
-        return
-    server = request.getfixturevalue("pg_server")
-    url = server.create_database()
-    yield url
-    server.drop_database(url)
-
-
 def _client(app, key: str = KEY) -> TestClient:
     return TestClient(app, headers={"Authorization": f"Key {key}"})
 
